@@ -1,0 +1,95 @@
+"""Shared fixtures: a fresh app on a temp database, the sandbox upstream on loopback."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from webhook_service import create_app
+from webhook_service.sandbox import SandboxServer, SandboxSettings
+from webhook_service.store import Store
+
+API_TOKEN = "test-api-token"
+WEBHOOK_SECRET = "test-webhook-secret"
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxServer]:
+    """A sandbox upstream on a free loopback port, signing with WEBHOOK_SECRET."""
+    server = SandboxServer(
+        webhook_secret=WEBHOOK_SECRET,
+        settings=SandboxSettings(pending_seconds=0.2, in_progress_seconds=0.2, seed=7),
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def env(tmp_path: Path, sandbox: SandboxServer) -> dict[str, str]:
+    """Environment-style settings for one test."""
+    return {
+        "DATABASE_PATH": str(tmp_path / "db.sqlite3"),
+        "MEDIA_DIR": str(tmp_path / "videos"),
+        "SERVICE_API_TOKENS": f"{API_TOKEN},second-token",
+        "MODELGATES_API_KEY": "sandbox-key",
+        "MODELGATES_BASE_URL": sandbox.base_url,
+        "MODELGATES_WEBHOOK_SECRETS": WEBHOOK_SECRET,
+        "PUBLIC_BASE_URL": "http://127.0.0.1:9",
+        "ALLOW_INSECURE_CALLBACKS": "1",
+        "TRUSTED_PROXY_COUNT": "0",
+    }
+
+
+@pytest.fixture
+def app(env: dict[str, str]) -> Flask:
+    return create_app({**env, "TESTING": True})
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def store(app: Flask) -> Iterator[Store]:
+    opened = Store(app.extensions["webhook_service"].settings.database_path)
+    yield opened
+    opened.close()
+
+
+class LiveServer:
+    """The app served by a real threaded HTTP server on loopback."""
+
+    def __init__(self, app: Flask) -> None:
+        self.server: BaseWSGIServer = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def live(env: dict[str, str], tmp_path: Path) -> Iterator[tuple[Flask, LiveServer]]:
+    """An app whose PUBLIC_BASE_URL is its own live loopback address."""
+    holder: dict[str, Any] = {}
+
+    def late_app(environ: dict[str, Any], start_response: Any) -> Any:
+        return holder["app"](environ, start_response)
+
+    server = LiveServer(late_app)  # type: ignore[arg-type]
+    app = create_app({**env, "PUBLIC_BASE_URL": server.url, "TESTING": True})
+    holder["app"] = app
+    yield app, server
+    server.stop()

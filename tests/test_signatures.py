@@ -1,0 +1,76 @@
+import json
+
+import pytest
+
+from webhook_service.signatures import SignatureError, sign, verify
+
+VECTOR_BODY = b'{"type":"video.generation.completed","data":{"id":"job_1","status":"completed"}}'
+VECTOR_HEADER = "t=1700000000,v1=fba3d730d3adecd9b7889fc87e14dad17a883f58ceea26906b3d9063bd2c4742"
+NOW = 1_700_000_000
+
+
+def test_fixed_vector_from_the_protocol_signs_and_verifies():
+    assert sign("dev_secret", NOW, VECTOR_BODY) == VECTOR_HEADER
+    headers = {"X-OpenRouter-Signature": VECTOR_HEADER}
+    assert verify(VECTOR_BODY, headers, ["dev_secret"], now=NOW) == NOW
+
+
+def test_modelgates_spelling_of_the_header_is_accepted():
+    assert verify(VECTOR_BODY, {"X-ModelGates-Signature": VECTOR_HEADER}, ["dev_secret"], NOW)
+
+
+def test_any_configured_secret_may_match_during_rotation():
+    assert verify(VECTOR_BODY, {"X-OpenRouter-Signature": VECTOR_HEADER}, ["new", "dev_secret"], NOW)
+
+
+@pytest.mark.parametrize(
+    "header, reason",
+    [
+        (None, "missing"),
+        ("v1=" + "0" * 64, "no t="),
+        ("t=1700000000", "no v1="),
+        ("t=soon,v1=" + "0" * 64, "not a number"),
+        ("t=-5,v1=" + "0" * 64, "not a number"),
+        ("garbage", "no t="),
+    ],
+)
+def test_malformed_headers_are_refused_with_a_reason(header, reason):
+    headers = {} if header is None else {"X-OpenRouter-Signature": header}
+    with pytest.raises(SignatureError, match=reason):
+        verify(VECTOR_BODY, headers, ["dev_secret"], NOW)
+
+
+@pytest.mark.parametrize("skew", [-301, 301, 10_000])
+def test_stale_and_future_timestamps_are_refused(skew):
+    header = sign("dev_secret", NOW + skew, VECTOR_BODY)
+    with pytest.raises(SignatureError, match="tolerance"):
+        verify(VECTOR_BODY, {"X-OpenRouter-Signature": header}, ["dev_secret"], NOW)
+
+
+def test_timestamps_at_the_edge_of_the_window_are_accepted():
+    for skew in (-300, 300):
+        header = sign("dev_secret", NOW + skew, VECTOR_BODY)
+        assert verify(VECTOR_BODY, {"X-OpenRouter-Signature": header}, ["dev_secret"], NOW)
+
+
+def test_right_signature_with_the_wrong_secret_is_refused():
+    with pytest.raises(SignatureError, match="no signature matches"):
+        verify(VECTOR_BODY, {"X-OpenRouter-Signature": VECTOR_HEADER}, ["other"], NOW)
+
+
+def test_signature_over_a_reserialized_body_is_refused():
+    reserialized = json.dumps(json.loads(VECTOR_BODY)).encode()  # spaces after separators
+    assert reserialized != VECTOR_BODY
+    with pytest.raises(SignatureError):
+        verify(reserialized, {"X-OpenRouter-Signature": VECTOR_HEADER}, ["dev_secret"], NOW)
+
+
+def test_body_changed_after_signing_is_refused():
+    tampered = VECTOR_BODY.replace(b"completed", b"failed", 1)
+    with pytest.raises(SignatureError):
+        verify(tampered, {"X-OpenRouter-Signature": VECTOR_HEADER}, ["dev_secret"], NOW)
+
+
+def test_empty_secrets_never_verify():
+    with pytest.raises(SignatureError, match="no signing secret"):
+        verify(VECTOR_BODY, {"X-OpenRouter-Signature": VECTOR_HEADER}, ["", ""], NOW)

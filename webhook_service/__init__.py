@@ -1,0 +1,66 @@
+"""webhook_service: ModelGates video jobs with signed callbacks and verified downloads."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from . import context, errors
+from .config import load_settings
+from .store import Store
+
+API_BODY_LIMIT = 50 * 1024 * 1024
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the Flask app from the environment, or from ``test_config`` alone.
+
+    ``test_config`` holds environment-style settings (``DATABASE_PATH`` …), read
+    instead of the process environment, plus any Flask config keys.
+    """
+    app = Flask(__name__, instance_relative_config=True)
+    if test_config is None:
+        from dotenv import load_dotenv
+
+        load_dotenv()
+        settings = load_settings()
+    else:
+        settings = load_settings({k: str(v) for k, v in test_config.items() if k.isupper()})
+        app.config.update(test_config)
+    app.config["MAX_CONTENT_LENGTH"] = API_BODY_LIMIT
+    _configure_logging(app)
+
+    settings.database_path.parent.mkdir(parents=True, exist_ok=True)
+    migrations = Store(settings.database_path)
+    try:
+        migrations.migrate()
+    finally:
+        migrations.close()
+
+    context.init_app(app, settings)
+    errors.init_app(app)
+    if settings.trusted_proxy_count:
+        hops = settings.trusted_proxy_count
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops
+        )
+
+    from .views import api, health, webhooks
+
+    app.register_blueprint(health.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(webhooks.bp)
+    return app
+
+
+def _configure_logging(app: Flask) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    app.logger.setLevel(logging.INFO)

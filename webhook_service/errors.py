@@ -1,0 +1,130 @@
+"""The service's exceptions and the one JSON error body they all turn into.
+
+Every error answer has the shape
+``{"error": {"code": "<snake_case>", "message": "<sentence>", "details": {...}}}``.
+`ServiceError` subclasses are also werkzeug `HTTPException`s, so Flask knows their
+status; `init_app` installs the single handler that renders them (and werkzeug's own
+404/405/413 …) in that shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, Response, current_app, jsonify
+from werkzeug.exceptions import HTTPException
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """Build the contract's JSON error answer."""
+    response = jsonify({"error": {"code": code, "message": message, "details": details or {}}})
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+class ServiceError(HTTPException):
+    """Base of every error this service answers with on purpose."""
+
+    code = 500
+    error_code = "internal_error"
+    description = "The service failed to handle the request."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        details: dict[str, Any] | None = None,
+        *,
+        status: int | None = None,
+        error_code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message or self.description)
+        if status is not None:
+            self.code = status
+        if error_code is not None:
+            self.error_code = error_code
+        self.details = details or {}
+        self.extra_headers = headers or {}
+
+
+class BadRequest(ServiceError):
+    code = 400
+    error_code = "bad_request"
+    description = "The request body is not a JSON object."
+
+
+class Unauthorized(ServiceError):
+    code = 401
+    error_code = "unauthorized"
+    description = "A valid bearer token is required."
+
+
+class NotFound(ServiceError):
+    code = 404
+    error_code = "not_found"
+    description = "No such resource."
+
+
+class Conflict(ServiceError):
+    code = 409
+    error_code = "conflict"
+    description = "The request conflicts with the resource's current state."
+
+
+class PayloadTooLarge(ServiceError):
+    code = 413
+    error_code = "payload_too_large"
+    description = "The request body is too large."
+
+
+class ValidationError(ServiceError):
+    code = 422
+    error_code = "validation_error"
+    description = "Some fields are invalid."
+
+
+class NotConfigured(ServiceError):
+    code = 503
+    error_code = "not_configured"
+    description = "The service is not configured for this request."
+
+
+class UpstreamError(ServiceError):
+    code = 502
+    error_code = "upstream_error"
+    description = "ModelGates did not answer as expected."
+
+
+def _render(error: HTTPException) -> Response:
+    if isinstance(error, ServiceError):
+        return error_response(
+            error.code or 500,
+            error.error_code,
+            error.description or "",
+            error.details,
+            error.extra_headers,
+        )
+    status = error.code or 500
+    code = (error.name or "error").lower().replace(" ", "_").replace("'", "")
+    return error_response(status, code, error.description or error.name)
+
+
+def _render_unexpected(error: Exception) -> Response:
+    if isinstance(error, HTTPException):
+        return _render(error)
+    current_app.logger.exception("unhandled error")
+    return error_response(500, "internal_error", "The service failed to handle the request.")
+
+
+def init_app(app: Flask) -> None:
+    """Render every HTTP error of the app as the contract's JSON body."""
+    app.register_error_handler(HTTPException, _render)
+    app.register_error_handler(Exception, _render_unexpected)

@@ -1,0 +1,271 @@
+"""ModelGates video API client (httpx), its exceptions and its retry policy.
+
+Exceptions, by what a caller can conclude::
+
+    ModelGatesError
+     ├── TransportError          no HTTP answer came back
+     │     .sent = False         the request never left (connection refused…): safe to retry
+     │     .sent = True          it may have arrived (timeout, reset): a POST is ambiguous
+     └── APIError                upstream answered with an error envelope; .status, .message,
+           │                     .metadata, .retry_after
+           ├── RequestRefused    4xx: upstream will not do it (nothing was created)
+           │     └── RateLimited 429
+           └── ServerError       5xx: upstream failed (a POST may have created the job)
+
+GETs retry on transport errors, 429 and 5xx (`retry_delay`, with backoff, jitter and
+`Retry-After`); `POST /videos` is never retried: upstream has no idempotency key, so
+a retry of a request that may have arrived can charge twice.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import quote, urljoin, urlsplit
+
+import httpx
+
+DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=5.0)
+SUBMIT_TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=60.0, pool=5.0)
+MAX_RETRIES = 2
+MAX_INLINE_WAIT = 5.0  # longer Retry-After values go back to the caller to reschedule
+MAX_REDIRECTS = 3
+
+
+class ModelGatesError(Exception):
+    """Anything that went wrong talking to ModelGates."""
+
+
+class TransportError(ModelGatesError):
+    """No HTTP answer; ``sent`` tells whether the request may have reached upstream."""
+
+    def __init__(self, message: str, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+class APIError(ModelGatesError):
+    """Upstream answered with an error status."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        metadata: Mapping[str, Any] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"ModelGates answered {status}: {message}")
+        self.status = status
+        self.message = message
+        self.metadata = dict(metadata or {})
+        self.retry_after = retry_after
+
+
+class RequestRefused(APIError):
+    """A 4xx answer: upstream refused the request and created nothing."""
+
+
+class RateLimited(RequestRefused):
+    """A 429 answer."""
+
+
+class ServerError(APIError):
+    """A 5xx answer."""
+
+
+def retry_delay(
+    method: str,
+    attempt: int,
+    error: ModelGatesError,
+    rand: Callable[[], float] = random.random,
+    base: float = 0.5,
+    cap: float = 30.0,
+) -> float | None:
+    """Return seconds to wait before retry ``attempt`` (1-based), or None to give up.
+
+    Only GETs are retried: on transport errors, 429 and 5xx, honouring
+    ``Retry-After``, else with exponential backoff and jitter (``rand`` is
+    injectable so tests can pin it).  A POST is never retried.
+    """
+    if attempt > MAX_RETRIES or method.upper() != "GET":
+        return None
+    if isinstance(error, APIError):
+        if not (error.status == 429 or error.status >= 500):
+            return None
+        if error.retry_after is not None:
+            return error.retry_after
+    elif not isinstance(error, TransportError):
+        return None
+    return backoff(attempt, rand, base, cap)
+
+
+def backoff(attempt: int, rand: Callable[[], float], base: float, cap: float) -> float:
+    """Exponential backoff with equal jitter: half fixed, half random."""
+    delay = min(cap, base * 2 ** (attempt - 1))
+    return delay / 2 + rand() * delay / 2
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Read a ``Retry-After`` header given in seconds; ignore anything else."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return max(0.0, seconds)
+
+
+def error_from_response(response: httpx.Response) -> APIError:
+    """Turn an error answer (envelope or not) into the matching exception."""
+    message, metadata = response.reason_phrase or "error", None
+    try:
+        envelope = response.json()
+    except ValueError:
+        envelope = None
+    if isinstance(envelope, dict) and isinstance(envelope.get("error"), dict):
+        message = str(envelope["error"].get("message") or message)
+        if isinstance(envelope["error"].get("metadata"), dict):
+            metadata = envelope["error"]["metadata"]
+    status = response.status_code
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    kind: type[APIError] = ServerError
+    if status == 429:
+        kind = RateLimited
+    elif status < 500:
+        kind = RequestRefused
+    return kind(status, message, metadata, retry_after)
+
+
+class ModelGatesClient:
+    """A thin client for the four video endpoints."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        referer: str | None = None,
+        title: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        sleep: Callable[[float], None] = time.sleep,
+        max_inline_wait: float = MAX_INLINE_WAIT,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}", "X-OpenRouter-Categories": "video-gen"}
+        if referer:
+            headers["HTTP-Referer"] = referer
+        if title:
+            headers["X-OpenRouter-Title"] = title
+            headers["X-ModelGates-Title"] = title
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(
+            headers=headers, timeout=timeout, transport=transport, follow_redirects=False
+        )
+        self._sleep = sleep
+        self._max_inline_wait = max_inline_wait
+
+    def __repr__(self) -> str:
+        return f"<ModelGatesClient {self.base_url}>"
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> ModelGatesClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def submit(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST /videos; never retried once it may have been sent."""
+        return self._json("POST", "/videos", json=dict(body), timeout=SUBMIT_TIMEOUT)
+
+    def get_job(self, upstream_id: str) -> dict[str, Any]:
+        """GET /videos/{id}: the job object."""
+        return self._json("GET", f"/videos/{_segment(upstream_id)}")
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """GET /videos/models: the ``data`` list."""
+        data = self._json("GET", "/videos/models").get("data")
+        if not isinstance(data, list):
+            raise ServerError(502, "model list has no data array")
+        return data
+
+    @contextmanager
+    def stream_content(
+        self, upstream_id: str, index: int, start: int = 0
+    ) -> Iterator[httpx.Response]:
+        """Open GET /videos/{id}/content?index=N as a stream (from byte ``start``).
+
+        Yields a 200 or 206 response; error answers raise.  Redirects are followed
+        only to the same origin, so the key never travels elsewhere.
+        """
+        url = f"{self.base_url}/videos/{_segment(upstream_id)}/content?index={int(index)}"
+        headers = {"Range": f"bytes={start}-"} if start else {}
+        for _ in range(MAX_REDIRECTS + 1):
+            request = self._http.build_request("GET", url, headers=headers)
+            try:
+                response = self._http.send(request, stream=True)
+            except httpx.TransportError as exc:
+                raise _transport_error(exc) from exc
+            try:
+                if response.is_redirect:
+                    url = self._same_origin(url, response.headers.get("Location", ""))
+                    continue
+                if response.status_code >= 400:
+                    response.read()
+                    raise error_from_response(response)
+                yield response
+                return
+            finally:
+                response.close()
+        raise ServerError(502, "too many redirects on content download")
+
+    def _same_origin(self, current: str, location: str) -> str:
+        target = urljoin(current, location)
+        if urlsplit(target)[:2] != urlsplit(self.base_url)[:2]:
+            raise ServerError(502, "content download redirected to another origin; not followed")
+        return target
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self._once(method, path, **kwargs)
+            except ModelGatesError as error:
+                delay = retry_delay(method, attempt, error)
+                if delay is None or delay > self._max_inline_wait:
+                    raise
+                self._sleep(delay)
+
+    def _once(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = self._http.request(method, self.base_url + path, **kwargs)
+        except httpx.TransportError as exc:
+            raise _transport_error(exc) from exc
+        if response.status_code >= 400 or response.is_redirect:
+            raise error_from_response(response)
+        try:
+            payload = response.json()
+        except ValueError:
+            raise ServerError(502, "answer is not JSON") from None
+        if not isinstance(payload, dict):
+            raise ServerError(502, "answer is not a JSON object")
+        return payload
+
+
+def _transport_error(exc: httpx.TransportError) -> TransportError:
+    # Only a failure to connect proves the request never left this machine.
+    sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+    return TransportError(f"{type(exc).__name__}: {exc}", sent=sent)
+
+
+def _segment(value: str) -> str:
+    """Quote an upstream id for use as one path segment."""
+    return quote(value, safe="")

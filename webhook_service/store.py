@@ -1,0 +1,320 @@
+"""The SQLite store: the schema, and every SQL statement the service runs.
+
+One `Store` wraps one connection (sqlite-utils `Database`).  WAL, a busy timeout
+and `synchronous=FULL` are set when it opens, so a committed row survives a power
+cut and several gunicorn workers plus worker processes can write at once.  Writes
+that read-then-write run inside `transaction()` (`BEGIN IMMEDIATE`), which takes
+the write lock up front: SQLite never has to abort one of two upgrading readers.
+
+Times are Unix seconds (REAL); JSON columns hold text.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+BUSY_TIMEOUT_MS = 10_000
+NON_TERMINAL = ("submitting", "pending", "in_progress")
+
+migrations = Migrations("webhook_service")
+
+
+@migrations()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE jobs (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            upstream_id TEXT UNIQUE,
+            callback_token TEXT NOT NULL UNIQUE,
+            client TEXT NOT NULL,
+            idempotency_key TEXT,
+            request_hash TEXT NOT NULL,
+            status TEXT NOT NULL,
+            submit_outcome TEXT,
+            model TEXT NOT NULL,
+            prompt TEXT,
+            params TEXT NOT NULL,
+            error TEXT,
+            generation_id TEXT,
+            cost REAL,
+            completion_source TEXT,
+            outputs_known INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            finished_at REAL,
+            last_event_at REAL,
+            next_poll_at REAL,
+            polls INTEGER NOT NULL DEFAULT 0,
+            poll_not_found INTEGER NOT NULL DEFAULT 0,
+            lease_owner TEXT,
+            lease_expires_at REAL,
+            fence INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (client, idempotency_key)
+        );
+        CREATE INDEX jobs_due ON jobs (next_poll_at) WHERE next_poll_at IS NOT NULL;
+        CREATE INDEX jobs_status ON jobs (status, seq);
+
+        CREATE TABLE outputs (
+            job_id TEXT NOT NULL REFERENCES jobs (id),
+            idx INTEGER NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending',
+            bytes INTEGER,
+            sha256 TEXT,
+            error TEXT,
+            file_name TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL,
+            failing_since REAL,
+            lease_owner TEXT,
+            lease_expires_at REAL,
+            fence INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (job_id, idx)
+        );
+        CREATE INDEX outputs_due ON outputs (next_attempt_at)
+            WHERE next_attempt_at IS NOT NULL;
+
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            dedup_key TEXT UNIQUE,
+            idempotency_key TEXT,
+            event_type TEXT,
+            upstream_id TEXT,
+            callback_token TEXT,
+            job_id TEXT,
+            verdict TEXT NOT NULL,
+            reason TEXT,
+            body BLOB NOT NULL,
+            headers TEXT NOT NULL,
+            signed_at INTEGER,
+            received_at REAL NOT NULL,
+            applied_at REAL
+        );
+        CREATE INDEX events_waiting_upstream ON events (upstream_id) WHERE verdict = 'waiting';
+        CREATE INDEX events_waiting_token ON events (callback_token) WHERE verdict = 'waiting';
+        CREATE INDEX events_received ON events (received_at);
+        """
+    )
+
+
+class Store:
+    """All persistence of jobs, outputs and webhook events."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        conn = sqlite3.connect(
+            str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+            check_same_thread=False,
+        )
+        conn.row_factory = sqlite3.Row
+        self.db = sqlite_utils.Database(conn, execute_plugins=False)
+        self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self.db.execute("PRAGMA synchronous = FULL")
+        self.db.execute("PRAGMA foreign_keys = ON")
+
+    def __repr__(self) -> str:
+        return f"<Store {self.path}>"
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.db.close()
+
+    def migrate(self) -> list[str]:
+        """Create the file's folder, switch to WAL and apply pending migrations."""
+        self.db.enable_wal()
+        # Under the write lock: web workers and the worker process may start together.
+        with self.transaction():
+            pending = [m.name for m in migrations.pending(self.db)]
+            migrations.apply(self.db)
+        return pending
+
+    def ping(self) -> bool:
+        """Answer whether the database is readable and migrated."""
+        try:
+            self.db.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
+        except sqlite3.Error:
+            return False
+        return True
+
+    @contextmanager
+    def transaction(self) -> Iterator[Store]:
+        """Run a block under BEGIN IMMEDIATE: the write lock is taken at once."""
+        if self.db.conn.in_transaction:
+            with self.db.atomic():
+                yield self
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self
+        except BaseException:
+            self.db.rollback()
+            raise
+        self.db.execute("COMMIT")
+
+    def _one(self, sql: str, params: Iterable[Any] = ()) -> dict[str, Any] | None:
+        row = self.db.execute(sql, list(params)).fetchone()
+        return dict(row) if row is not None else None
+
+    def _all(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        return [dict(row) for row in self.db.execute(sql, list(params)).fetchall()]
+
+    def _update(self, table: str, where: str, params: list[Any], changes: Mapping[str, Any]) -> int:
+        if not changes:
+            return 0
+        columns = ", ".join(f"{name} = ?" for name in changes)
+        cursor = self.db.execute(
+            f"UPDATE {table} SET {columns} WHERE {where}", [*changes.values(), *params]
+        )
+        return cursor.rowcount
+
+    # Jobs ---------------------------------------------------------------
+
+    def insert_job(self, job: Mapping[str, Any]) -> None:
+        """Insert a new job row (params given as a dict)."""
+        row = dict(job, params=json.dumps(job["params"], sort_keys=True))
+        columns = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        self.db.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", list(row.values()))
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        """Return the job with our id, or None."""
+        return self._one("SELECT * FROM jobs WHERE id = ?", [job_id])
+
+    def job_by_idempotency_key(self, client: str, key: str) -> dict[str, Any] | None:
+        """Return the job a client submitted under an Idempotency-Key."""
+        return self._one(
+            "SELECT * FROM jobs WHERE client = ? AND idempotency_key = ?", [client, key]
+        )
+
+    def job_by_upstream_id(self, upstream_id: str) -> dict[str, Any] | None:
+        """Return the job ModelGates knows as ``upstream_id``."""
+        return self._one("SELECT * FROM jobs WHERE upstream_id = ?", [upstream_id])
+
+    def job_by_callback_token(self, token: str) -> dict[str, Any] | None:
+        """Return the job whose callback URL carries ``token``."""
+        return self._one("SELECT * FROM jobs WHERE callback_token = ?", [token])
+
+    def update_job(self, job_id: str, changes: Mapping[str, Any]) -> None:
+        """Set columns of one job."""
+        self._update("jobs", "id = ?", [job_id], changes)
+
+    def list_jobs(
+        self, status: str | None, limit: int, before_seq: int | None
+    ) -> list[dict[str, Any]]:
+        """Return jobs newest first, optionally filtered, older than ``before_seq``."""
+        where, params = [], []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if before_seq is not None:
+            where.append("seq < ?")
+            params.append(before_seq)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        return self._all(
+            f"SELECT * FROM jobs {clause} ORDER BY seq DESC LIMIT ?", [*params, limit]
+        )
+
+    def count_jobs_by_status(self) -> dict[str, int]:
+        """Return how many jobs are in each status."""
+        rows = self.db.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall()
+        return {status: count for status, count in rows}
+
+    # Outputs ------------------------------------------------------------
+
+    def create_outputs(self, job_id: str, count: int, now: float) -> None:
+        """Create output rows 0..count-1 for a job, due for download now."""
+        self.db.executemany(
+            "INSERT OR IGNORE INTO outputs (job_id, idx, next_attempt_at, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [(job_id, index, now, now, now) for index in range(count)],
+        )
+
+    def outputs(self, job_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        """Return each job's outputs by index, for many jobs in one query."""
+        ids = list(job_ids)
+        found: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in ids}
+        if not ids:
+            return found
+        marks = ", ".join("?" for _ in ids)
+        for row in self._all(
+            f"SELECT * FROM outputs WHERE job_id IN ({marks}) ORDER BY job_id, idx", ids
+        ):
+            found[row["job_id"]].append(row)
+        return found
+
+    def output(self, job_id: str, index: int) -> dict[str, Any] | None:
+        """Return one output row."""
+        return self._one("SELECT * FROM outputs WHERE job_id = ? AND idx = ?", [job_id, index])
+
+    def update_output(
+        self, job_id: str, index: int, changes: Mapping[str, Any], fence: int | None = None
+    ) -> bool:
+        """Set columns of one output; with ``fence``, only if that claim still holds."""
+        where, params = "job_id = ? AND idx = ?", [job_id, index]
+        if fence is not None:
+            where += " AND fence = ?"
+            params.append(fence)
+        return self._update("outputs", where, params, changes) == 1
+
+    # Webhook events -------------------------------------------------------
+
+    def insert_event(self, event: Mapping[str, Any]) -> int | None:
+        """Store an event; return its id, or None when its dedup key is already stored."""
+        columns = ", ".join(event)
+        marks = ", ".join("?" for _ in event)
+        cursor = self.db.execute(
+            f"INSERT INTO events ({columns}) VALUES ({marks}) ON CONFLICT (dedup_key) DO NOTHING",
+            list(event.values()),
+        )
+        return cursor.lastrowid if cursor.rowcount == 1 else None
+
+    def update_event(self, event_id: int, changes: Mapping[str, Any]) -> None:
+        """Set columns of one stored event."""
+        self._update("events", "id = ?", [event_id], changes)
+
+    def event(self, event_id: int) -> dict[str, Any] | None:
+        """Return one stored event."""
+        return self._one("SELECT * FROM events WHERE id = ?", [event_id])
+
+    def waiting_events(self, upstream_id: str | None, token: str) -> list[dict[str, Any]]:
+        """Return events kept for a job that did not exist (or had no upstream id) yet."""
+        return self._all(
+            "SELECT * FROM events WHERE verdict = 'waiting' AND (callback_token = ?"
+            " OR upstream_id = ?) ORDER BY id",
+            [token, upstream_id],
+        )
+
+    def list_events(
+        self,
+        verdict: str | None = None,
+        job_id: str | None = None,
+        upstream_id: str | None = None,
+        since: float | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """Return stored events newest first, filtered."""
+        where, params = [], []
+        for column, value in (("verdict", verdict), ("job_id", job_id), ("upstream_id", upstream_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            where.append("received_at >= ?")
+            params.append(since)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        return self._all(f"SELECT * FROM events {clause} ORDER BY id DESC LIMIT ?", [*params, limit])
+
+    def count_events(self) -> int:
+        """Return how many events are stored."""
+        return int(self.db.execute("SELECT count(*) FROM events").fetchone()[0])

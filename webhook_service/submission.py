@@ -1,0 +1,233 @@
+"""Submitting a job upstream: at most once, with a trace before the money is spent.
+
+The job row (``submitting``, with its per-job callback token) is committed
+before `POST /videos` goes out, then updated with what came back.  The submit is
+never repeated: a refusal (4xx) ends the job as ``submit_failed``; an ambiguous
+failure (5xx, timeout, connection lost after sending) leaves it ``submitting``
+until a callback bearing its token reveals the upstream id or the worker gives
+up after ``SUBMIT_TIMEOUT_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from . import events, jobs
+from .config import Settings
+from .errors import Conflict, PayloadTooLarge, ServiceError, UpstreamError, ValidationError
+from .modelgates import (
+    APIError,
+    ModelGatesClient,
+    ModelGatesError,
+    RateLimited,
+    RequestRefused,
+    TransportError,
+)
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RETRY_AFTER = 30
+MODELS_TTL_SECONDS = 300.0
+
+
+class ModelCatalog:
+    """The upstream model list, cached per process; a stale copy beats none."""
+
+    def __init__(
+        self,
+        client: Callable[[], ModelGatesClient],
+        ttl: float = MODELS_TTL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._ttl = ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._models: list[dict[str, Any]] | None = None
+        self._fetched_at = 0.0
+
+    def models(self) -> list[dict[str, Any]]:
+        """Return the model list, fetching it when the copy is older than the TTL."""
+        with self._lock:
+            if self._models is None or self._clock() - self._fetched_at > self._ttl:
+                try:
+                    self._models = self._client().list_models()
+                    self._fetched_at = self._clock()
+                except ModelGatesError:
+                    if self._models is None:
+                        raise
+                    log.warning("model list refresh failed; using the copy from before")
+            return self._models
+
+    def find(self, model_id: str) -> dict[str, Any] | None:
+        """Return one model's entry, or None if upstream does not list it."""
+        for model in self.models():
+            if model.get("id") == model_id or model.get("canonical_slug") == model_id:
+                return model
+        return None
+
+
+def request_hash(params: Mapping[str, Any]) -> str:
+    """Hash a submit body so key order does not matter."""
+    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def new_job_id() -> str:
+    """Return a fresh service job id."""
+    return "vj_" + secrets.token_hex(12)
+
+
+def submit(
+    store: Store,
+    client: ModelGatesClient,
+    settings: Settings,
+    client_id: str,
+    idempotency_key: str | None,
+    params: dict[str, Any],
+    clock: Callable[[], float] = time.time,
+) -> tuple[dict[str, Any], bool]:
+    """Submit ``params`` upstream once; return (job row, whether this call created it)."""
+    digest = request_hash(params)
+    now = clock()
+    job_id, token = new_job_id(), secrets.token_urlsafe(24)
+    with store.transaction():
+        if idempotency_key is not None:
+            existing = store.job_by_idempotency_key(client_id, idempotency_key)
+            if existing is not None:
+                return _replay(existing, digest), False
+        store.insert_job(
+            {
+                "id": job_id,
+                "callback_token": token,
+                "client": client_id,
+                "idempotency_key": idempotency_key,
+                "request_hash": digest,
+                "status": jobs.SUBMITTING,
+                "model": params["model"],
+                "prompt": params.get("prompt"),
+                "params": params,
+                "created_at": now,
+                "updated_at": now,
+                # Watchdog: if this process dies mid-request the worker settles the job.
+                "next_poll_at": now + settings.submit_timeout_seconds,
+            }
+        )
+
+    body = dict(params, callback_url=settings.callback_url(token))
+    try:
+        answer = client.submit(body)
+    except ModelGatesError as error:
+        raise _record_failure(store, job_id, error, clock()) from None
+    except Exception:
+        _record_ambiguous(store, job_id, "the submit failed unexpectedly", clock())
+        raise
+    return _record_accepted(store, settings, job_id, answer, clock()), True
+
+
+def replayed(
+    store: Store, client_id: str, idempotency_key: str, params: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """Return the job an earlier request with this key created, if any (409 on misuse)."""
+    existing = store.job_by_idempotency_key(client_id, idempotency_key)
+    return None if existing is None else _replay(existing, request_hash(params))
+
+
+def _replay(existing: Mapping[str, Any], digest: str) -> dict[str, Any]:
+    if existing["request_hash"] != digest:
+        raise Conflict(
+            "This Idempotency-Key was used with a different body.",
+            {"job_id": existing["id"]},
+            error_code="idempotency_key_reused",
+        )
+    if existing["submit_outcome"] is None and existing["status"] == jobs.SUBMITTING:
+        raise Conflict(
+            "A request with this Idempotency-Key is still in flight.",
+            {"job_id": existing["id"]},
+            error_code="idempotency_key_in_progress",
+        )
+    return dict(existing)
+
+
+def _record_accepted(
+    store: Store, settings: Settings, job_id: str, answer: Mapping[str, Any], now: float
+) -> dict[str, Any]:
+    upstream_id = answer.get("id")
+    if not isinstance(upstream_id, str) or not events.UPSTREAM_ID.match(upstream_id):
+        raise _record_failure(
+            store, job_id, APIError(502, "submit answer carried no usable job id"), now
+        )
+    seen = jobs.Observation.from_upstream(
+        {**answer, "status": answer.get("status") or jobs.PENDING}, "submit"
+    )
+    with store.transaction():
+        job = store.job(job_id)
+        assert job is not None
+        jobs.apply_observation(store, job, seen, now)
+        job = store.job(job_id)
+        assert job is not None
+        if not jobs.is_terminal(job["status"]):
+            store.update_job(job_id, {"next_poll_at": now + settings.poll_after_seconds})
+        events.apply_waiting(store, job_id, now)
+        final = store.job(job_id)
+    assert final is not None
+    return final
+
+
+def _record_ambiguous(store: Store, job_id: str, error: str, now: float) -> None:
+    with store.transaction():
+        store.update_job(
+            job_id, {"submit_outcome": "ambiguous", "error": error, "updated_at": now}
+        )
+
+
+def _record_failure(store: Store, job_id: str, error: ModelGatesError, now: float) -> ServiceError:
+    """Record why the submit failed and return the API error to answer with."""
+    details = {"job_id": job_id}
+    refused = isinstance(error, RequestRefused) or (
+        isinstance(error, TransportError) and not error.sent
+    )
+    if refused:
+        with store.transaction():
+            job = store.job(job_id)
+            assert job is not None
+            changes = jobs.fail_submission(job, f"submit refused: {error}", now)
+            store.update_job(job_id, dict(changes, submit_outcome="refused"))
+    else:
+        _record_ambiguous(store, job_id, f"submit outcome unknown: {error}", now)
+    log.warning("submit of job %s failed: %s", job_id, error)
+
+    if isinstance(error, TransportError):
+        if error.sent:
+            return UpstreamError(
+                "ModelGates did not answer in time; the job may still have been created.",
+                details, error_code="upstream_timeout",
+            )
+        return UpstreamError("ModelGates could not be reached.", details,
+                             error_code="upstream_unreachable")
+    assert isinstance(error, APIError)
+    message = error.message
+    if isinstance(error, RateLimited):
+        retry_after = str(int(error.retry_after or DEFAULT_RETRY_AFTER))
+        return ServiceError(message, details, status=503, error_code="upstream_rate_limited",
+                            headers={"Retry-After": retry_after})
+    mapped: dict[int, ServiceError] = {
+        400: ValidationError(message, details, error_code="upstream_rejected"),
+        404: ValidationError(message, details, error_code="unknown_model"),
+        401: UpstreamError(message, details, error_code="upstream_auth_failed"),
+        402: ServiceError(message, details, status=402, error_code="payment_required"),
+        413: PayloadTooLarge(message, details),
+    }
+    if error.status in mapped:
+        return mapped[error.status]
+    if isinstance(error, RequestRefused):
+        return UpstreamError(message, details, error_code="upstream_refused")
+    return UpstreamError(message, details, error_code="upstream_error")

@@ -1,0 +1,256 @@
+"""The REST API under /api: submit, list, get and serve jobs; list models."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import marshmallow
+from flask import Blueprint, Response, g, jsonify, request, send_file
+
+from .. import context, media, submission
+from ..errors import (
+    BadRequest,
+    Conflict,
+    NotConfigured,
+    NotFound,
+    Unauthorized,
+    UpstreamError,
+    ValidationError,
+)
+from ..jobs import COMPLETED, STATUSES
+from ..modelgates import ModelGatesError
+from ..schemas import JobRequestSchema, capability_errors
+from ..store import Store
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+MAX_PAGE = 100
+DEFAULT_PAGE = 20
+MAX_IDEMPOTENCY_KEY = 255
+
+
+@bp.before_request
+def authenticate() -> None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized()
+    matched = False
+    for known in context.settings().service_api_tokens:
+        matched |= hmac.compare_digest(known.encode(), token.encode())
+    if not matched:
+        raise Unauthorized()
+    # Idempotency keys are scoped per API token; store a digest, never the token.
+    g.client_id = hashlib.sha256(token.encode()).hexdigest()
+
+
+@bp.post("/jobs")
+def submit_job() -> tuple[Response, int, dict[str, str]]:
+    params = _validated_body()
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+        raise ValidationError(
+            "Idempotency-Key must be 1 to 255 characters.",
+            {"Idempotency-Key": ["Must be 1 to 255 characters."]},
+        )
+    store = context.store()
+    if key is not None:
+        existing = submission.replayed(store, g.client_id, key, params)
+        if existing is not None:
+            return _job_answer(store, existing, 200)
+    settings = context.settings()
+    if settings.public_base_url is None:
+        raise NotConfigured("PUBLIC_BASE_URL is not configured.")
+    services = context.services()
+    client = services.client()
+    _check_capabilities(services.catalog, params)
+    job, created = submission.submit(store, client, settings, g.client_id, key, params)
+    return _job_answer(store, job, 202 if created else 200)
+
+
+def _job_answer(
+    store: Store, job: dict[str, Any], status: int
+) -> tuple[Response, int, dict[str, str]]:
+    body = _job_json(job, store.outputs([job["id"]])[job["id"]])
+    return jsonify(body), status, {"Location": f"/api/jobs/{job['id']}"}
+
+
+def _validated_body() -> dict[str, Any]:
+    try:
+        body = json.loads(request.get_data())
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    if "callback_url" in body:
+        raise ValidationError(
+            "callback_url is set by the service.",
+            {"callback_url": ["The service sets the callback URL itself."]},
+        )
+    try:
+        loaded: dict[str, Any] = JobRequestSchema().load(body)
+    except marshmallow.ValidationError as error:
+        raise ValidationError(details=_flatten(error.messages)) from None
+    return loaded
+
+
+def _flatten(messages: Any) -> dict[str, list[str]]:
+    """Turn marshmallow's nested messages into ``{field: [messages]}``."""
+    flat: dict[str, list[str]] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+            flat.setdefault(prefix or "_schema", []).extend(value)
+        else:
+            flat.setdefault(prefix or "_schema", []).append(str(value))
+
+    walk("", messages)
+    return flat
+
+
+def _check_capabilities(catalog: submission.ModelCatalog, params: dict[str, Any]) -> None:
+    try:
+        model = catalog.find(params["model"])
+    except ModelGatesError:
+        # Upstream validates too, and a refused submit costs nothing.
+        return
+    if model is None:
+        raise ValidationError(
+            f"ModelGates has no model {params['model']!r}.",
+            {"model": ["Unknown model."]},
+            error_code="unknown_model",
+        )
+    problems = capability_errors(params, model)
+    if problems:
+        raise ValidationError(f"{params['model']} does not support these values.", problems)
+
+
+@bp.get("/jobs")
+def list_jobs() -> Response:
+    status = request.args.get("status")
+    if status is not None and status not in STATUSES:
+        raise ValidationError(details={"status": [f"Must be one of: {', '.join(STATUSES)}."]})
+    raw_limit = request.args.get("limit", str(DEFAULT_PAGE))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+        raise ValidationError(details={"limit": [f"Must be a whole number from 1 to {MAX_PAGE}."]})
+    limit = int(raw_limit)
+    before = _decode_cursor(request.args.get("cursor"))
+    store = context.store()
+    rows = store.list_jobs(status, limit + 1, before)
+    page, more = rows[:limit], len(rows) > limit
+    outputs = store.outputs(row["id"] for row in page)
+    return jsonify(
+        {
+            "jobs": [_job_json(row, outputs[row["id"]]) for row in page],
+            "next_cursor": _encode_cursor(page[-1]["seq"]) if more else None,
+        }
+    )
+
+
+def _encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, _, seq = text.partition(":")
+        if prefix == "seq" and seq.isdigit():
+            return int(seq)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    raise ValidationError(details={"cursor": ["Not a cursor this API returned."]})
+
+
+@bp.get("/jobs/<job_id>")
+def get_job(job_id: str) -> Response:
+    store = context.store()
+    job = store.job(job_id)
+    if job is None:
+        raise NotFound(f"No job {job_id}.")
+    return jsonify(_job_json(job, store.outputs([job_id])[job_id]))
+
+
+@bp.get("/jobs/<job_id>/videos/<int:index>")
+def get_video(job_id: str, index: int) -> Response:
+    store = context.store()
+    job = store.job(job_id)
+    if job is None:
+        raise NotFound(f"No job {job_id}.")
+    output = store.output(job_id, index)
+    if job["status"] != COMPLETED:
+        if output is None and job["outputs_known"]:
+            raise NotFound(f"Job {job_id} has no video {index}.")
+        raise Conflict(f"Job {job_id} is {job['status']}, not completed.", error_code="not_ready")
+    if output is None:
+        if job["outputs_known"]:
+            raise NotFound(f"Job {job_id} has no video {index}.")
+        raise Conflict("The job's outputs are not known yet.", error_code="not_ready")
+    if output["status"] != "downloaded":
+        raise Conflict(f"Video {index} is {output['status']}, not downloaded yet.",
+                       error_code="not_ready")
+    path = media.output_path(context.settings().media_dir, job_id, index)
+    response = send_file(path, mimetype="video/mp4", conditional=True, etag=output["sha256"],
+                         max_age=3600)
+    response.headers["Accept-Ranges"] = "bytes"
+    return response
+
+
+@bp.get("/models")
+def list_models() -> Response:
+    services = context.services()
+    services.client()
+    try:
+        models = services.catalog.models()
+    except ModelGatesError as error:
+        raise UpstreamError(f"ModelGates model list unavailable: {error}") from None
+    return jsonify({"data": models})
+
+
+def _iso(value: float | None) -> str | None:
+    if value is None:
+        return None
+    return datetime.fromtimestamp(value, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def _job_json(job: dict[str, Any], outputs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": job["id"],
+        "upstream_id": job["upstream_id"],
+        "status": job["status"],
+        "model": job["model"],
+        "prompt": job["prompt"],
+        "params": json.loads(job["params"]),
+        "error": job["error"],
+        "generation_id": job["generation_id"],
+        "cost": job["cost"],
+        "completion_source": job["completion_source"],
+        "created_at": _iso(job["created_at"]),
+        "updated_at": _iso(job["updated_at"]),
+        "finished_at": _iso(job["finished_at"]),
+        "outputs": [
+            {
+                "index": output["idx"],
+                "status": output["status"],
+                "bytes": output["bytes"],
+                "sha256": output["sha256"],
+                "error": output["error"],
+                "url": f"/api/jobs/{job['id']}/videos/{output['idx']}",
+            }
+            for output in outputs
+        ],
+    }

@@ -1,0 +1,12 @@
+"""The WSGI entry point: ``gunicorn wsgi:app``."""
+
+import sys
+
+from webhook_service import create_app
+from webhook_service.config import ConfigError
+
+try:
+    app = create_app()
+except ConfigError as error:
+    print(f"webhook_service: configuration error: {error}", file=sys.stderr, flush=True)
+    raise SystemExit(1) from None
