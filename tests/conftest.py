@@ -13,7 +13,6 @@ from flask.testing import FlaskClient
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from webhook_service import create_app
-from webhook_service.sandbox import SandboxServer, SandboxSettings
 from webhook_service.store import Store
 
 API_TOKEN = "test-api-token"
@@ -22,8 +21,10 @@ AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
 @pytest.fixture
-def sandbox() -> Iterator[SandboxServer]:
+def sandbox() -> Iterator[Any]:
     """A sandbox upstream on a free loopback port, signing with WEBHOOK_SECRET."""
+    from webhook_service.sandbox import SandboxServer, SandboxSettings
+
     server = SandboxServer(
         webhook_secret=WEBHOOK_SECRET,
         settings=SandboxSettings(pending_seconds=0.2, in_progress_seconds=0.2, seed=7),
@@ -34,19 +35,25 @@ def sandbox() -> Iterator[SandboxServer]:
 
 
 @pytest.fixture
-def env(tmp_path: Path, sandbox: SandboxServer) -> dict[str, str]:
-    """Environment-style settings for one test."""
+def base_env(tmp_path: Path) -> dict[str, str]:
+    """Environment-style settings for one test; upstream is a closed port."""
     return {
         "DATABASE_PATH": str(tmp_path / "db.sqlite3"),
         "MEDIA_DIR": str(tmp_path / "videos"),
         "SERVICE_API_TOKENS": f"{API_TOKEN},second-token",
         "MODELGATES_API_KEY": "sandbox-key",
-        "MODELGATES_BASE_URL": sandbox.base_url,
+        "MODELGATES_BASE_URL": "http://127.0.0.1:9/api/v1",
         "MODELGATES_WEBHOOK_SECRETS": WEBHOOK_SECRET,
         "PUBLIC_BASE_URL": "http://127.0.0.1:9",
         "ALLOW_INSECURE_CALLBACKS": "1",
         "TRUSTED_PROXY_COUNT": "0",
     }
+
+
+@pytest.fixture
+def env(base_env: dict[str, str], sandbox: Any) -> dict[str, str]:
+    """Settings whose upstream is the sandbox."""
+    return {**base_env, "MODELGATES_BASE_URL": sandbox.base_url}
 
 
 @pytest.fixture

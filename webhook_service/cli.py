@@ -1,13 +1,23 @@
-"""The ``webhook-service`` command: migrations, operator tools, the sandbox."""
+"""The ``webhook-service`` command: processes, migrations, operator tools, the sandbox."""
 
 from __future__ import annotations
 
+import json
+import signal
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from types import FrameType
 
 import click
+import httpx
 
+from . import events
 from .config import ConfigError, load_settings
 from .sandbox.cli import sandbox_command
+from .signatures import sign
 from .store import Store
 
 
@@ -16,17 +26,142 @@ def cli() -> None:
     """Operate webhook_service: ModelGates video jobs that are never lost."""
 
 
-@cli.command()
-def migrate() -> None:
-    """Apply pending database migrations (the Procfile's release step)."""
+@contextmanager
+def _store() -> Iterator[Store]:
     settings = load_settings()
     settings.database_path.parent.mkdir(parents=True, exist_ok=True)
     store = Store(settings.database_path)
     try:
-        applied = store.migrate()
+        store.migrate()
+        yield store
     finally:
         store.close()
-    click.echo(f"applied {len(applied)} migration(s) to {settings.database_path}")
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply pending database migrations (the Procfile's release step)."""
+    with _store() as store:
+        click.echo(f"database ready at {store.path}")
+
+
+@cli.command()
+@click.option("--concurrency", default=4, show_default=True, help="Downloads at once.")
+def worker(concurrency: int) -> None:
+    """Poll jobs whose callback is overdue and download outputs, until SIGTERM."""
+    from . import create_app
+    from .context import services
+    from .worker import Worker
+
+    app = create_app()
+    with app.app_context():
+        found = services()
+        if found.settings.modelgates_api_key is None:
+            raise ConfigError("MODELGATES_API_KEY is required to run the worker")
+        runner = Worker(found.settings, found.client(), concurrency=concurrency)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        runner.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    runner.run()
+
+
+@cli.group("events")
+def events_group() -> None:
+    """Inspect and replay stored webhook deliveries."""
+
+
+@events_group.command("list")
+@click.option("--verdict", help="applied, waiting, ignored, mismatch, rejected or error.")
+@click.option("--job", "job_id", help="Only events applied to this service job id.")
+@click.option("--upstream-id", help="Only events for this ModelGates job id.")
+@click.option("--since-minutes", type=float, help="Only events received this recently.")
+@click.option("--limit", default=50, show_default=True, help="How many, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, with bodies.")
+def list_events(
+    verdict: str | None, job_id: str | None, upstream_id: str | None,
+    since_minutes: float | None, limit: int, as_json: bool,
+) -> None:
+    """List stored webhook events."""
+    since = time.time() - since_minutes * 60 if since_minutes is not None else None
+    with _store() as store:
+        rows = store.list_events(verdict, job_id, upstream_id, since, limit)
+    for row in rows:
+        received = datetime.fromtimestamp(row["received_at"], UTC).isoformat(timespec="seconds")
+        if as_json:
+            row = dict(row, body=row["body"].decode("utf-8", "replace"), received_at=received)
+            click.echo(json.dumps(row, sort_keys=True))
+        else:
+            click.echo(
+                f"{row['id']:>6}  {received}  {row['verdict']:<9} {row['event_type'] or '-':<28}"
+                f" {row['upstream_id'] or '-':<24} {row['job_id'] or '-'}"
+                + (f"  ({row['reason']})" if row["reason"] else "")
+            )
+
+
+@events_group.command("replay")
+@click.argument("event_ids", nargs=-1, type=int)
+@click.option("--verdict", help="Replay every event with this verdict (e.g. waiting, error).")
+def replay_events(event_ids: tuple[int, ...], verdict: str | None) -> None:
+    """Run stored events through the state machine again (after a fix, say)."""
+    if not event_ids and not verdict:
+        raise click.UsageError("name event ids or a --verdict")
+    with _store() as store:
+        ids = list(event_ids)
+        if verdict:
+            ids += [row["id"] for row in store.list_events(verdict=verdict, limit=-1)]
+        for event_id in sorted(ids):
+            try:
+                outcome = events.replay(store, event_id, time.time())
+            except LookupError as error:
+                raise click.ClickException(str(error)) from None
+            click.echo(f"event {event_id}: {outcome}")
+
+
+@cli.command("send-test-event")
+@click.argument("url")
+@click.option("--job-id", default="job-test-0001", show_default=True,
+              help="The ModelGates job id the event is about.")
+@click.option("--status", default="completed", show_default=True,
+              type=click.Choice(["completed", "failed", "cancelled", "expired"]))
+@click.option("--outputs", default=1, show_default=True, help="unsigned_urls to list.")
+@click.option("--secret", envvar="MODELGATES_WEBHOOK_SECRETS",
+              help="Signing secret (default: the first of MODELGATES_WEBHOOK_SECRETS).")
+@click.option("--brand", type=click.Choice(["openrouter", "modelgates"]), default="openrouter",
+              show_default=True, help="Which spelling of the headers to send.")
+def send_test_event(
+    url: str, job_id: str, status: str, outputs: int, secret: str | None, brand: str
+) -> None:
+    """Sign a sample event exactly as ModelGates does and POST it to URL."""
+    if not secret:
+        raise click.UsageError("give --secret or set MODELGATES_WEBHOOK_SECRETS")
+    secret = secret.split(",")[0].strip()
+    data: dict[str, object] = {"id": job_id, "status": status, "generation_id": None,
+                               "model": "google/veo-3.1"}
+    if status == "completed":
+        data["unsigned_urls"] = [
+            f"https://modelgates.ai/api/v1/videos/{job_id}/content?index={n}" for n in range(outputs)
+        ]
+        data["usage"] = {"cost": 0.0, "is_byok": False}
+    else:
+        data["error"] = f"test event: job {status}"
+    now = datetime.now(UTC)
+    body = json.dumps({"type": f"video.generation.{status}",
+                       "created_at": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                       "data": data}, separators=(",", ":")).encode()
+    prefix = "X-OpenRouter" if brand == "openrouter" else "X-ModelGates"
+    headers = {"Content-Type": "application/json",
+               f"{prefix}-Signature": sign(secret, int(now.timestamp()), body),
+               f"{prefix}-Idempotency-Key": f"{job_id}-{status}"}
+    try:
+        response = httpx.post(url, content=body, headers=headers, timeout=10)
+    except httpx.HTTPError as error:
+        raise click.ClickException(f"could not deliver: {error}") from None
+    click.echo(f"{response.status_code} {response.reason_phrase} {response.text[:200]}".rstrip())
+    if response.status_code >= 300:
+        sys.exit(1)
 
 
 cli.add_command(sandbox_command, "sandbox")

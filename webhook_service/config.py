@@ -33,6 +33,7 @@ class Settings:
     submit_timeout_seconds: float = 3600.0
     download_give_up_seconds: float = 86400.0
     trusted_proxy_count: int = 1
+    upstream_timeout_seconds: float = 60.0
     allow_insecure_callbacks: bool = False
     app_title: str = "webhook_service"
     modelgates_api_key: str | None = field(default=None, repr=False)
@@ -88,6 +89,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         submit_timeout_seconds=number("SUBMIT_TIMEOUT_SECONDS", 3600),
         download_give_up_seconds=number("DOWNLOAD_GIVE_UP_SECONDS", 86400),
         trusted_proxy_count=int(proxies),
+        upstream_timeout_seconds=number("MODELGATES_TIMEOUT_SECONDS", 60, minimum=0.1),
         allow_insecure_callbacks=insecure,
         app_title=text("APP_TITLE") or Settings.app_title,
         modelgates_api_key=text("MODELGATES_API_KEY"),

@@ -40,6 +40,7 @@ class Services:
                     self.settings.modelgates_api_key,
                     referer=self.settings.public_base_url,
                     title=self.settings.app_title,
+                    timeout=self.settings.upstream_timeout_seconds,
                 )
             return self._client
 

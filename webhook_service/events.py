@@ -6,7 +6,8 @@ key, or same body when the key is absent) hit the unique dedup key and change
 nothing.  Events for jobs we cannot place yet are kept as ``waiting`` and
 applied by `apply_waiting` when the job (or its upstream id) appears.
 
-Verdicts: ``applied``, ``waiting``, ``ignored`` (unknown type), ``mismatch``
+Verdicts: ``applied``, ``unchanged`` (nothing new: a terminal job, an older
+status), ``waiting``, ``ignored`` (unknown type), ``mismatch``
 (token and upstream id name different jobs), ``rejected`` (not the envelope),
 ``error`` (applying raised; kept for `replay`).
 """
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 EVENT_PREFIX = "video.generation."
 KNOWN_TYPES = frozenset(EVENT_PREFIX + status for status in jobs.UPSTREAM_TERMINAL)
+PROCESSED = frozenset({"applied", "unchanged"})
 UPSTREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
 KEPT_HEADERS = (
     "Content-Type",
@@ -148,7 +150,7 @@ def receive(
         store.update_event(
             event_id,
             {"verdict": verdict, "job_id": job_id, "reason": reason,
-             "applied_at": now if verdict == "applied" else None},
+             "applied_at": now if verdict in PROCESSED else None},
         )
     return Receipt(event_id, verdict, reason=reason)
 
@@ -180,11 +182,11 @@ def apply_event(
         log.warning("event for %s arrived on the URL of job %s", envelope.upstream_id, job["id"])
         return "mismatch", job["id"]
     seen = jobs.Observation.from_upstream(envelope.data, "callback")
-    jobs.apply_observation(store, job, seen, now)
+    changed = jobs.apply_observation(store, job, seen, now)
     store.update_job(job["id"], {"last_event_at": now})
     if not job["upstream_id"]:
         apply_waiting(store, job["id"], now)
-    return "applied", job["id"]
+    return ("applied" if changed else "unchanged"), job["id"]
 
 
 def apply_waiting(store: Store, job_id: str, now: float) -> int:
@@ -200,9 +202,9 @@ def apply_waiting(store: Store, job_id: str, now: float) -> int:
             store.update_event(
                 event["id"],
                 {"verdict": verdict, "job_id": placed,
-                 "applied_at": now if verdict == "applied" else None},
+                 "applied_at": now if verdict in PROCESSED else None},
             )
-            applied += verdict == "applied"
+            applied += verdict in PROCESSED
     return applied
 
 
@@ -221,6 +223,6 @@ def replay(store: Store, event_id: int, now: float) -> str:
         store.update_event(
             event_id,
             {"verdict": verdict, "job_id": job_id, "reason": None,
-             "applied_at": now if verdict == "applied" else None},
+             "applied_at": now if verdict in PROCESSED else None},
         )
     return verdict

@@ -28,8 +28,8 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
 
-DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=5.0)
-SUBMIT_TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=60.0, pool=5.0)
+DEFAULT_TIMEOUT_SECONDS = 60.0
+CONNECT_TIMEOUT_SECONDS = 5.0
 MAX_RETRIES = 2
 MAX_INLINE_WAIT = 5.0  # longer Retry-After values go back to the caller to reschedule
 MAX_REDIRECTS = 3
@@ -151,7 +151,7 @@ class ModelGatesClient:
         referer: str | None = None,
         title: str | None = None,
         transport: httpx.BaseTransport | None = None,
-        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
         max_inline_wait: float = MAX_INLINE_WAIT,
     ) -> None:
@@ -163,7 +163,10 @@ class ModelGatesClient:
             headers["X-ModelGates-Title"] = title
         self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(
-            headers=headers, timeout=timeout, transport=transport, follow_redirects=False
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_SECONDS)),
+            transport=transport,
+            follow_redirects=False,
         )
         self._sleep = sleep
         self._max_inline_wait = max_inline_wait
@@ -183,7 +186,7 @@ class ModelGatesClient:
 
     def submit(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """POST /videos; never retried once it may have been sent."""
-        return self._json("POST", "/videos", json=dict(body), timeout=SUBMIT_TIMEOUT)
+        return self._json("POST", "/videos", json=dict(body))
 
     def get_job(self, upstream_id: str) -> dict[str, Any]:
         """GET /videos/{id}: the job object."""

@@ -234,7 +234,7 @@ class Store:
 
     def create_outputs(self, job_id: str, count: int, now: float) -> None:
         """Create output rows 0..count-1 for a job, due for download now."""
-        self.db.executemany(
+        self.db.conn.executemany(
             "INSERT OR IGNORE INTO outputs (job_id, idx, next_attempt_at, created_at, updated_at)"
             " VALUES (?, ?, ?, ?, ?)",
             [(job_id, index, now, now, now) for index in range(count)],
@@ -318,3 +318,53 @@ class Store:
     def count_events(self) -> int:
         """Return how many events are stored."""
         return int(self.db.execute("SELECT count(*) FROM events").fetchone()[0])
+
+    # Work claiming (worker) ---------------------------------------------------
+
+    def claim_due_jobs(self, owner: str, now: float, until: float, limit: int) -> list[dict[str, Any]]:
+        """Lease up to ``limit`` jobs whose poll is due; each claim bumps the job's fence."""
+        return self._claim("jobs", "id", "next_poll_at", owner, now, until, limit)
+
+    def claim_due_outputs(
+        self, owner: str, now: float, until: float, limit: int
+    ) -> list[dict[str, Any]]:
+        """Lease up to ``limit`` outputs whose download is due."""
+        return self._claim("outputs", "rowid", "next_attempt_at", owner, now, until, limit)
+
+    def _claim(
+        self, table: str, key: str, due: str, owner: str, now: float, until: float, limit: int
+    ) -> list[dict[str, Any]]:
+        # The due column's partial index makes this a range scan of due rows only.
+        with self.transaction():
+            return self._all(
+                f"UPDATE {table} SET lease_owner = ?, lease_expires_at = ?, fence = fence + 1"
+                f" WHERE {key} IN (SELECT {key} FROM {table} WHERE {due} <= ?"
+                "   AND (lease_expires_at IS NULL OR lease_expires_at <= ?)"
+                f"   ORDER BY {due} LIMIT ?) RETURNING *",
+                [owner, until, now, now, limit],
+            )
+
+    def renew_output_lease(self, job_id: str, index: int, fence: int, until: float) -> bool:
+        """Extend a download's lease; False when a newer claim took it over."""
+        with self.transaction():
+            return self.update_output(job_id, index, {"lease_expires_at": until}, fence)
+
+    def finish_job_claim(self, job_id: str, fence: int, changes: Mapping[str, Any]) -> bool:
+        """Release a poll claim, setting ``changes``; False when the claim was lost."""
+        released = {**changes, "lease_owner": None, "lease_expires_at": None}
+        return self._update("jobs", "id = ? AND fence = ?", [job_id, fence], released) == 1
+
+    def finish_output_claim(
+        self, job_id: str, index: int, fence: int, changes: Mapping[str, Any]
+    ) -> bool:
+        """Release a download claim, setting ``changes``; False when the claim was lost."""
+        released = {**changes, "lease_owner": None, "lease_expires_at": None}
+        return self.update_output(job_id, index, released, fence)
+
+    def next_due_at(self) -> float | None:
+        """Return the earliest time any poll or download is due."""
+        row = self.db.execute(
+            "SELECT min(t) FROM (SELECT min(next_poll_at) AS t FROM jobs"
+            " UNION ALL SELECT min(next_attempt_at) FROM outputs)"
+        ).fetchone()
+        return row[0]

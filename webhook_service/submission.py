@@ -35,6 +35,7 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 DEFAULT_RETRY_AFTER = 30
+IN_FLIGHT_GRACE_SECONDS = 30.0
 MODELS_TTL_SECONDS = 300.0
 
 
@@ -73,6 +74,11 @@ class ModelCatalog:
             if model.get("id") == model_id or model.get("canonical_slug") == model_id:
                 return model
         return None
+
+
+def in_flight_deadline(settings: Settings, job: Mapping[str, Any]) -> float:
+    """When a submit with no recorded outcome must have died with its process."""
+    return float(job["created_at"]) + settings.upstream_timeout_seconds + IN_FLIGHT_GRACE_SECONDS
 
 
 def request_hash(params: Mapping[str, Any]) -> str:
@@ -118,7 +124,7 @@ def submit(
                 "created_at": now,
                 "updated_at": now,
                 # Watchdog: if this process dies mid-request the worker settles the job.
-                "next_poll_at": now + settings.submit_timeout_seconds,
+                "next_poll_at": in_flight_deadline(settings, {"created_at": now}),
             }
         )
 
@@ -126,11 +132,11 @@ def submit(
     try:
         answer = client.submit(body)
     except ModelGatesError as error:
-        raise _record_failure(store, job_id, error, clock()) from None
+        raise _record_failure(store, settings, job_id, error, clock()) from None
     except Exception:
-        _record_ambiguous(store, job_id, "the submit failed unexpectedly", clock())
+        _record_ambiguous(store, settings, job_id, "the submit failed unexpectedly", clock())
         raise
-    return _record_accepted(store, settings, job_id, answer, clock()), True
+    return record_accepted(store, settings, job_id, answer, clock()), True
 
 
 def replayed(
@@ -157,13 +163,14 @@ def _replay(existing: Mapping[str, Any], digest: str) -> dict[str, Any]:
     return dict(existing)
 
 
-def _record_accepted(
+def record_accepted(
     store: Store, settings: Settings, job_id: str, answer: Mapping[str, Any], now: float
 ) -> dict[str, Any]:
+    """Record upstream's 202 answer and apply any callbacks that arrived before it."""
     upstream_id = answer.get("id")
     if not isinstance(upstream_id, str) or not events.UPSTREAM_ID.match(upstream_id):
         raise _record_failure(
-            store, job_id, APIError(502, "submit answer carried no usable job id"), now
+            store, settings, job_id, APIError(502, "submit answer carried no usable job id"), now
         )
     seen = jobs.Observation.from_upstream(
         {**answer, "status": answer.get("status") or jobs.PENDING}, "submit"
@@ -182,14 +189,22 @@ def _record_accepted(
     return final
 
 
-def _record_ambiguous(store: Store, job_id: str, error: str, now: float) -> None:
+def _record_ambiguous(
+    store: Store, settings: Settings, job_id: str, error: str, now: float
+) -> None:
     with store.transaction():
+        job = store.job(job_id)
+        assert job is not None
         store.update_job(
-            job_id, {"submit_outcome": "ambiguous", "error": error, "updated_at": now}
+            job_id,
+            {"submit_outcome": "ambiguous", "error": error, "updated_at": now,
+             "next_poll_at": job["created_at"] + settings.submit_timeout_seconds},
         )
 
 
-def _record_failure(store: Store, job_id: str, error: ModelGatesError, now: float) -> ServiceError:
+def _record_failure(
+    store: Store, settings: Settings, job_id: str, error: ModelGatesError, now: float
+) -> ServiceError:
     """Record why the submit failed and return the API error to answer with."""
     details = {"job_id": job_id}
     refused = isinstance(error, RequestRefused) or (
@@ -202,7 +217,7 @@ def _record_failure(store: Store, job_id: str, error: ModelGatesError, now: floa
             changes = jobs.fail_submission(job, f"submit refused: {error}", now)
             store.update_job(job_id, dict(changes, submit_outcome="refused"))
     else:
-        _record_ambiguous(store, job_id, f"submit outcome unknown: {error}", now)
+        _record_ambiguous(store, settings, job_id, f"submit outcome unknown: {error}", now)
     log.warning("submit of job %s failed: %s", job_id, error)
 
     if isinstance(error, TransportError):

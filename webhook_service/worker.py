@@ -1,0 +1,267 @@
+"""The worker: polls jobs whose callback is overdue, and downloads every output.
+
+Work is claimed from the store with leases (owner, expiry, and a fence that grows
+with every claim), so several worker processes and threads can share one SQLite
+file: a claim whose lease ran out is picked up again, and a stalled worker's late
+writes are refused because its fence is old.  `run_once(now)` does one round and
+is what tests drive; `run` is the process loop that stops cleanly on SIGTERM.
+
+A poll answer goes through the same state machine as a callback.  Jobs left in
+``submitting`` are settled here and never resubmitted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
+from typing import Any
+
+from . import jobs, media
+from .config import Settings
+from .downloads import DownloadAborted, fetch
+from .modelgates import APIError, ModelGatesClient, ModelGatesError, RequestRefused
+from .store import Store
+from .submission import in_flight_deadline
+
+log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 60.0
+POLL_CAP_SECONDS = 300.0
+DOWNLOAD_CAP_SECONDS = 600.0
+NOT_FOUND_LIMIT = 3
+POLLS_PER_ROUND = 50
+IDLE_SECONDS = 0.5
+
+
+def poll_delay(
+    polls: int, base: float, rand: Callable[[], float], retry_after: float | None = None,
+    cap: float = POLL_CAP_SECONDS,
+) -> float:
+    """Seconds until the next poll: doubling from ``base`` to ``cap``, ±20 % jitter."""
+    delay = min(cap, base * 2 ** min(polls, 16)) * (0.8 + 0.4 * rand())
+    return max(delay, retry_after or 0.0)
+
+
+def download_delay(
+    attempts: int, rand: Callable[[], float], retry_after: float | None = None
+) -> float:
+    """Seconds until the next download attempt: 1 s doubling to 10 min, with jitter."""
+    delay = min(DOWNLOAD_CAP_SECONDS, 2.0 ** min(attempts, 16)) * (0.5 + rand() / 2)
+    return max(delay, retry_after or 0.0)
+
+
+class Worker:
+    """Claims due polls and downloads; one instance per worker process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: ModelGatesClient,
+        *,
+        concurrency: int = 4,
+        lease_seconds: float = LEASE_SECONDS,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+        owner: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.clock = clock
+        self.rand = rand
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.stopping = threading.Event()
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="download")
+        self._in_flight: set[Future[None]] = set()
+
+    @property
+    def store(self) -> Store:
+        """This thread's store connection."""
+        if not hasattr(self._local, "store"):
+            self._local.store = Store(self.settings.database_path)
+        opened: Store = self._local.store
+        return opened
+
+    def run_once(self, now: float | None = None, wait: bool = True) -> int:
+        """Do one round of due work; return how many items were claimed."""
+        now = self.clock() if now is None else now
+        until = now + self.lease_seconds
+        claimed = self.store.claim_due_jobs(self.owner, now, until, POLLS_PER_ROUND)
+        for job in claimed:
+            if self.stopping.is_set():
+                self.store.finish_job_claim(job["id"], job["fence"], {})
+                continue
+            self._poll(job, now)
+        self._in_flight = {future for future in self._in_flight if not future.done()}
+        free = self.concurrency - len(self._in_flight)
+        outputs = []
+        if free > 0 and not self.stopping.is_set():
+            outputs = self.store.claim_due_outputs(self.owner, now, until, free)
+            for output in outputs:
+                self._in_flight.add(self._pool.submit(self._download, output))
+        if wait:
+            for future in wait_for(self._in_flight).done:
+                future.result()
+            self._in_flight.clear()
+        return len(claimed) + len(outputs)
+
+    def run(self) -> None:
+        """Work until `stop` is called, then abandon in-flight downloads cleanly."""
+        log.info("worker %s started", self.owner)
+        while not self.stopping.is_set():
+            try:
+                busy = self.run_once(wait=False)
+            except Exception:
+                log.exception("worker round failed; retrying")
+                busy = 0
+            if not busy:
+                self.stopping.wait(IDLE_SECONDS)
+        self._pool.shutdown(wait=True)
+        log.info("worker %s stopped", self.owner)
+
+    def stop(self) -> None:
+        """Stop claiming; in-flight downloads release their claims and return."""
+        self.stopping.set()
+
+    # Polls --------------------------------------------------------------------
+
+    def _poll(self, job: dict[str, Any], now: float) -> None:
+        if job["status"] == jobs.SUBMITTING and not job["upstream_id"]:
+            with self.store.transaction():
+                self.store.finish_job_claim(job["id"], job["fence"], self._settle_submit(job, now))
+            return
+        retry_after, not_found = None, 0
+        seen: jobs.Observation | None = None
+        try:
+            answer = self.client.get_job(job["upstream_id"])
+        except RequestRefused as error:
+            if error.status != 404:
+                retry_after = error.retry_after
+            else:
+                not_found = job["poll_not_found"] + 1
+                if not_found >= NOT_FOUND_LIMIT:
+                    seen = jobs.Observation(
+                        "failed", "poll", error=f"ModelGates does not know job "
+                        f"{job['upstream_id']} (404 on {not_found} polls)",
+                    )
+        except ModelGatesError as error:
+            retry_after = error.retry_after if isinstance(error, APIError) else None
+            log.warning("poll of %s failed: %s", job["id"], error)
+        else:
+            seen = jobs.Observation.from_upstream({**answer, "id": job["upstream_id"]}, "poll")
+        with self.store.transaction():
+            if seen is not None:
+                fresh = self.store.job(job["id"])
+                assert fresh is not None
+                jobs.apply_observation(self.store, fresh, seen, now)
+            fresh = self.store.job(job["id"])
+            assert fresh is not None
+            settled = jobs.is_terminal(fresh["status"]) and (
+                fresh["status"] != jobs.COMPLETED or fresh["outputs_known"]
+            )
+            delay = poll_delay(job["polls"], self.settings.poll_interval_seconds, self.rand,
+                               retry_after)
+            self.store.finish_job_claim(
+                job["id"], job["fence"],
+                {"next_poll_at": None if settled else now + delay, "polls": job["polls"] + 1,
+                 "poll_not_found": not_found},
+            )
+
+    def _settle_submit(self, job: dict[str, Any], now: float) -> dict[str, Any]:
+        """Decide what becomes of a job whose submit answer was never recorded."""
+        deadline = job["created_at"] + self.settings.submit_timeout_seconds
+        if now >= deadline:
+            return jobs.fail_submission(
+                job,
+                "no callback revealed the upstream job within SUBMIT_TIMEOUT_SECONDS "
+                f"({job['error'] or 'submit outcome unknown'}); it was not resubmitted",
+                now,
+            )
+        if job["submit_outcome"] is None and now >= in_flight_deadline(self.settings, job):
+            return {"submit_outcome": "ambiguous", "updated_at": now, "next_poll_at": deadline,
+                    "error": "the submitting process stopped before upstream answered"}
+        return {"next_poll_at": min(deadline, max(now, in_flight_deadline(self.settings, job)))}
+
+    # Downloads ------------------------------------------------------------------
+
+    def _download(self, output: dict[str, Any]) -> None:
+        store, fence = self.store, output["fence"]
+        job_id, index = output["job_id"], output["idx"]
+        job = store.job(job_id)
+        assert job is not None and job["upstream_id"]
+        final = media.output_path(self.settings.media_dir, job_id, index)
+        try:
+            media.remove_stale_parts(final)
+            target = media.PartialFile(final, fence)
+        except OSError as error:
+            log.error("cannot write %s: %s", final, error)
+            self._failed_attempt(output, f"cannot write to MEDIA_DIR: {error}")
+            return
+        store.update_output(job_id, index, {"status": "downloading"}, fence)
+        renewed = [self.clock()]
+
+        def keep_going() -> bool:
+            if self.stopping.is_set():
+                return False
+            if self.clock() - renewed[0] > self.lease_seconds / 3:
+                renewed[0] = self.clock()
+                return store.renew_output_lease(job_id, index, fence, renewed[0] + self.lease_seconds)
+            return True
+
+        try:
+            fetch(self.client, job["upstream_id"], index, target, keep_going)
+            if not store.renew_output_lease(job_id, index, fence, self.clock() + self.lease_seconds):
+                raise DownloadAborted("claim lost before commit")
+            target.commit()
+        except DownloadAborted:
+            target.discard()
+            store.finish_output_claim(job_id, index, fence, {"status": "pending"})
+            return
+        except (ModelGatesError, OSError) as error:
+            target.discard()
+            gone = isinstance(error, RequestRefused) and error.status in (404, 410)
+            self._failed_attempt(output, str(error), gone and self._expired_upstream(job))
+            return
+        now = self.clock()
+        store.finish_output_claim(
+            job_id, index, fence,
+            {"status": "downloaded", "bytes": target.size, "sha256": target.sha256,
+             "file_name": str(final.relative_to(self.settings.media_dir)), "error": None,
+             "next_attempt_at": None, "updated_at": now},
+        )
+        log.info("downloaded %s/%s: %d bytes sha256 %s", job_id, index, target.size, target.sha256)
+
+    def _failed_attempt(self, output: dict[str, Any], error: str, expired: bool = False) -> None:
+        now = self.clock()
+        since = output["failing_since"] or now
+        if expired:
+            changes = {"status": "failed", "error": f"the job expired upstream: {error}",
+                       "next_attempt_at": None}
+        elif now - since >= self.settings.download_give_up_seconds:
+            changes = {"status": "failed", "next_attempt_at": None,
+                       "error": f"gave up after DOWNLOAD_GIVE_UP_SECONDS: {error}"}
+        else:
+            changes = {"status": "pending", "error": error,
+                       "next_attempt_at": now + download_delay(output["attempts"], self.rand)}
+        log.warning("download %s/%s failed: %s", output["job_id"], output["idx"], error)
+        self.store.finish_output_claim(
+            output["job_id"], output["idx"], output["fence"],
+            {**changes, "attempts": output["attempts"] + 1, "failing_since": since,
+             "updated_at": now},
+        )
+
+    def _expired_upstream(self, job: dict[str, Any]) -> bool:
+        """Ask upstream whether the job's outputs are gone for good."""
+        try:
+            return self.client.get_job(job["upstream_id"]).get("status") == "expired"
+        except ModelGatesError:
+            return False
