@@ -47,7 +47,9 @@ def migrate() -> None:
 
 @cli.command()
 @click.option("--concurrency", default=4, show_default=True, help="Downloads at once.")
-def worker(concurrency: int) -> None:
+@click.option("--lease-seconds", default=60.0, show_default=True,
+              help="How long a claim holds before another worker may take the work over.")
+def worker(concurrency: int, lease_seconds: float) -> None:
     """Poll jobs whose callback is overdue and download outputs, until SIGTERM."""
     from . import create_app
     from .context import services
@@ -58,7 +60,8 @@ def worker(concurrency: int) -> None:
         found = services()
         if found.settings.modelgates_api_key is None:
             raise ConfigError("MODELGATES_API_KEY is required to run the worker")
-        runner = Worker(found.settings, found.client(), concurrency=concurrency)
+        runner = Worker(found.settings, found.client(), concurrency=concurrency,
+                        lease_seconds=lease_seconds)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         runner.stop()

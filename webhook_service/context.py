@@ -1,15 +1,15 @@
 """What a request or a command needs from the app: settings, store, upstream client.
 
-The store is one SQLite connection per request (closed on teardown); the
-ModelGates client and model catalog are one per process, created on first use so
-they are never shared across a gunicorn fork.
+The store is one SQLite connection per thread, kept between requests (opening one
+costs more than most requests); the ModelGates client and model catalog are one
+per process, created on first use so they are never shared across a gunicorn fork.
 """
 
 from __future__ import annotations
 
 import threading
 
-from flask import Flask, current_app, g
+from flask import Flask, current_app
 
 from .config import Settings
 from .errors import NotConfigured
@@ -27,6 +27,7 @@ class Services:
         self.settings = settings
         self._lock = threading.Lock()
         self._client: ModelGatesClient | None = None
+        self._stores = threading.local()
         self.catalog = ModelCatalog(self.client)
 
     def client(self) -> ModelGatesClient:
@@ -44,9 +45,12 @@ class Services:
                 )
             return self._client
 
-    def open_store(self) -> Store:
-        """Open a new connection to the database."""
-        return Store(self.settings.database_path)
+    def store(self) -> Store:
+        """Return this thread's connection to the database."""
+        opened: Store | None = getattr(self._stores, "store", None)
+        if opened is None:
+            opened = self._stores.store = Store(self.settings.database_path)
+        return opened
 
 
 def services() -> Services:
@@ -61,20 +65,10 @@ def settings() -> Settings:
 
 
 def store() -> Store:
-    """Return this request's store connection, opening it on first use."""
-    if "store" not in g:
-        g.store = services().open_store()
-    opened: Store = g.store
-    return opened
-
-
-def _close_store(exc: BaseException | None = None) -> None:
-    opened = g.pop("store", None)
-    if opened is not None:
-        opened.close()
+    """Return this thread's store connection."""
+    return services().store()
 
 
 def init_app(app: Flask, settings: Settings) -> None:
-    """Attach Services to the app and close the store after each request."""
+    """Attach Services to the app."""
     app.extensions[EXTENSION] = Services(settings)
-    app.teardown_appcontext(_close_store)

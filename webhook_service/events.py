@@ -140,31 +140,28 @@ def receive(
         dedup_key=dedup_key(body, headers),
         event_type=envelope.type,
         upstream_id=envelope.upstream_id,
-        verdict="received",
     )
-    with store.transaction():
-        event_id = store.insert_event(row)
-        if event_id is None:
-            return Receipt(None, "duplicate", duplicate=True)
-        verdict, job_id, reason = _apply_safely(store, envelope, token, now)
-        store.update_event(
-            event_id,
-            {"verdict": verdict, "job_id": job_id, "reason": reason,
-             "applied_at": now if verdict in PROCESSED else None},
-        )
-    return Receipt(event_id, verdict, reason=reason)
-
-
-def _apply_safely(
-    store: Store, envelope: Envelope, token: str | None, now: float
-) -> tuple[str, str | None, str | None]:
+    if store.has_event(row["dedup_key"]):  # most redeliveries never need the write lock
+        return Receipt(None, "duplicate", duplicate=True)
     try:
-        with store.transaction():  # a savepoint: a failure here keeps the stored event
+        with store.transaction():
+            event_id = store.insert_event({**row, "verdict": "received"})
+            if event_id is None:
+                return Receipt(None, "duplicate", duplicate=True)
             verdict, job_id = apply_event(store, envelope, token, now)
+            store.update_event(
+                event_id,
+                {"verdict": verdict, "job_id": job_id,
+                 "applied_at": now if verdict in PROCESSED else None},
+            )
+        return Receipt(event_id, verdict)
     except Exception as error:
+        # Applying failed (a bug, say): keep the event for `replay`, still acknowledged.
         log.exception("applying event for %s failed; kept for replay", envelope.upstream_id)
-        return "error", None, f"{type(error).__name__}: {error}"
-    return verdict, job_id, None
+        reason = f"{type(error).__name__}: {error}"
+        with store.transaction():
+            event_id = store.insert_event({**row, "verdict": "error", "reason": reason})
+        return Receipt(event_id, "error", event_id is None, reason)
 
 
 def apply_event(
@@ -183,7 +180,6 @@ def apply_event(
         return "mismatch", job["id"]
     seen = jobs.Observation.from_upstream(envelope.data, "callback")
     changed = jobs.apply_observation(store, job, seen, now)
-    store.update_job(job["id"], {"last_event_at": now})
     if not job["upstream_id"]:
         apply_waiting(store, job["id"], now)
     return ("applied" if changed else "unchanged"), job["id"]

@@ -11,8 +11,11 @@ Times are Unix seconds (REAL); JSON columns hold text.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +28,51 @@ BUSY_TIMEOUT_MS = 10_000
 NON_TERMINAL = ("submitting", "pending", "in_progress")
 
 migrations = Migrations("webhook_service")
+
+
+class WriteLock:
+    """Serialise writers to one database file, across threads and processes.
+
+    SQLite's busy handler waits by sleeping and retrying, which under load turns
+    into latency spikes of hundreds of milliseconds.  Queuing writers on a lock
+    file with flock (and a thread lock inside the process) hands the write lock
+    over the moment it is released instead.
+    """
+
+    _locks: dict[str, WriteLock] = {}
+    _guard = threading.Lock()
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+        self._pid = 0
+
+    @classmethod
+    def for_database(cls, database: Path) -> WriteLock:
+        """Return the process-wide lock for a database file."""
+        key = str(database.absolute())
+        with cls._guard:
+            if key not in cls._locks:
+                cls._locks[key] = cls(key + ".lock")
+            return cls._locks[key]
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        try:
+            if self._pid != os.getpid():  # a forked child must not share its parent's lock
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                self._pid = os.getpid()
+            assert self._fd is not None
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._fd is not None
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._thread_lock.release()
 
 
 @migrations()
@@ -52,7 +100,6 @@ def m001_initial(db: sqlite_utils.Database) -> None:
             created_at REAL NOT NULL,
             updated_at REAL NOT NULL,
             finished_at REAL,
-            last_event_at REAL,
             next_poll_at REAL,
             polls INTEGER NOT NULL DEFAULT 0,
             poll_not_found INTEGER NOT NULL DEFAULT 0,
@@ -122,6 +169,7 @@ class Store:
         self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         self.db.execute("PRAGMA synchronous = FULL")
         self.db.execute("PRAGMA foreign_keys = ON")
+        self._write_lock = WriteLock.for_database(self.path)
 
     def __repr__(self) -> str:
         return f"<Store {self.path}>"
@@ -149,18 +197,19 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Store]:
-        """Run a block under BEGIN IMMEDIATE: the write lock is taken at once."""
+        """Run a block under BEGIN IMMEDIATE, queued on the WriteLock; nested: a savepoint."""
         if self.db.conn.in_transaction:
             with self.db.atomic():
                 yield self
             return
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self
-        except BaseException:
-            self.db.rollback()
-            raise
-        self.db.execute("COMMIT")
+        with self._write_lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self
+            except BaseException:
+                self.db.rollback()
+                raise
+            self.db.execute("COMMIT")
 
     def _one(self, sql: str, params: Iterable[Any] = ()) -> dict[str, Any] | None:
         row = self.db.execute(sql, list(params)).fetchone()
@@ -278,6 +327,11 @@ class Store:
             list(event.values()),
         )
         return cursor.lastrowid if cursor.rowcount == 1 else None
+
+    def has_event(self, dedup_key: str) -> bool:
+        """Answer whether an event with this dedup key is stored."""
+        found = self.db.execute("SELECT 1 FROM events WHERE dedup_key = ?", [dedup_key])
+        return found.fetchone() is not None
 
     def update_event(self, event_id: int, changes: Mapping[str, Any]) -> None:
         """Set columns of one stored event."""

@@ -1,0 +1,315 @@
+"""The worker against the sandbox: polling fallback, leases, verified downloads."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+
+import pytest
+
+from conftest import AUTH, LiveServer
+from webhook_service import create_app
+from webhook_service.modelgates import ModelGatesClient
+from webhook_service.worker import Worker, poll_delay
+
+VALID = {"model": "google/veo-3.1", "prompt": "waves", "duration": 4, "resolution": "720p"}
+
+
+def sandbox_options(**parameters):
+    return {"provider": {"options": {"sandbox": {"parameters": parameters}}}}
+
+
+@pytest.fixture
+def worker_env(env):
+    return {**env, "POLL_AFTER_SECONDS": "0", "POLL_INTERVAL_SECONDS": "1"}
+
+
+@pytest.fixture
+def app(worker_env):
+    return create_app({**worker_env, "TESTING": True})
+
+
+def make_worker(app, **kwargs):
+    settings = app.extensions["webhook_service"].settings
+    client = ModelGatesClient(settings.modelgates_base_url, "sandbox-key", timeout=5,
+                              sleep=lambda s: None)
+    return Worker(settings, client, lease_seconds=kwargs.pop("lease_seconds", 30),
+                  rand=lambda: 0.5, **kwargs)
+
+
+@pytest.fixture
+def worker(app):
+    made = make_worker(app)
+    yield made
+    made.stop()
+
+
+def submit(client, **parameters):
+    body = {**VALID, **(sandbox_options(**parameters) if parameters else {})}
+    response = client.post("/api/jobs", json=body, headers=AUTH)
+    assert response.status_code == 202, response.get_json()
+    return response.get_json()
+
+
+def job_of(client, job_id):
+    return client.get(f"/api/jobs/{job_id}", headers=AUTH).get_json()
+
+
+def drive(worker, until, rounds=30, step=None):
+    """Run worker rounds (moving the clock by ``step`` each time) until ``until()``."""
+    now = time.time()
+    for _ in range(rounds):
+        worker.run_once(now)
+        if until():
+            return
+        now += step if step is not None else 0.05
+        time.sleep(0.02 if step is None else 0)
+    raise AssertionError("condition not reached")
+
+
+def assert_downloaded(app, sandbox, job):
+    media_dir = app.extensions["webhook_service"].settings.media_dir
+    for output in job["outputs"]:
+        assert output["status"] == "downloaded", output
+        path = media_dir / job["id"] / f"{output['index']}.mp4"
+        data = path.read_bytes()
+        assert hashlib.sha256(data).hexdigest() == output["sha256"]
+        assert output["sha256"] == sandbox.expected_sha256(job["upstream_id"], output["index"])
+        assert len(data) == output["bytes"]
+    leftovers = list(media_dir.glob("**/*.part-*")) if media_dir.exists() else []
+    assert leftovers == []
+
+
+def test_poll_delay_backs_off_with_jitter_to_a_cap_and_honours_retry_after():
+    assert poll_delay(0, 30, lambda: 0.5) == 30
+    assert poll_delay(1, 30, lambda: 0.5) == 60
+    assert poll_delay(10, 30, lambda: 0.5) == 300
+    assert 24 <= poll_delay(0, 30, lambda: 0.0) <= poll_delay(0, 30, lambda: 1.0) <= 36
+    assert poll_delay(0, 30, lambda: 0.5, retry_after=90) == 90
+
+
+def test_when_callbacks_never_arrive_every_job_completes_through_polling(app, sandbox, worker):
+    sandbox.settings.drop_callbacks = 1.0
+    client = app.test_client()
+    jobs = [submit(client), submit(client, outputs=2), submit(client, outcome="failed")]
+    sandbox.advance(10)
+    drive(worker, lambda: all(
+        job_of(client, j["id"])["status"] in ("completed", "failed")
+        and all(o["status"] == "downloaded" for o in job_of(client, j["id"])["outputs"])
+        for j in jobs))
+    done = [job_of(client, j["id"]) for j in jobs]
+    assert [j["status"] for j in done] == ["completed", "completed", "failed"]
+    assert {j["completion_source"] for j in done} == {"poll"}
+    assert [len(j["outputs"]) for j in done] == [1, 2, 0]
+    assert done[2]["error"]
+    for job in done[:2]:
+        assert_downloaded(app, sandbox, job)
+
+
+def test_downloaded_video_is_served_with_ranges(app, sandbox, worker):
+    client = app.test_client()
+    job = submit(client)
+    sandbox.advance(10)
+    drive(worker, lambda: job_of(client, job["id"])["outputs"][:1]
+          and job_of(client, job["id"])["outputs"][0]["status"] == "downloaded")
+    url = f"/api/jobs/{job['id']}/videos/0"
+    whole = client.get(url, headers=AUTH)
+    assert whole.status_code == 200 and whole.mimetype == "video/mp4"
+    assert whole.data[4:8] == b"ftyp"
+    part = client.get(url, headers={**AUTH, "Range": "bytes=10-19"})
+    assert part.status_code == 206 and part.data == whole.data[10:20]
+    assert part.headers["Content-Range"] == f"bytes 10-19/{len(whole.data)}"
+    assert client.get(f"/api/jobs/{job['id']}/videos/1", headers=AUTH).status_code == 404
+
+
+def test_upstream_429_500_and_refused_connections_only_delay_polling(app, sandbox, worker):
+    client = app.test_client()
+    job = submit(client, callback="drop")
+    sandbox.advance(10)
+    sandbox.add_fault(endpoint="poll", status=429, retry_after=120)
+    now = time.time()
+    worker.run_once(now)
+    row = worker.store.job(job["id"])
+    assert row["status"] == "pending" and row["next_poll_at"] >= now + 120
+    sandbox.add_fault(endpoint="poll", status=500, count=5)
+    worker.run_once(now + 121)
+    assert worker.store.job(job["id"])["status"] == "pending"
+    drive(worker, lambda: job_of(client, job["id"])["status"] == "completed", step=600)
+    assert job_of(client, job["id"])["completion_source"] == "poll"
+
+
+def test_polling_a_job_upstream_never_heard_of_fails_it_after_a_few_404s(app, sandbox, worker):
+    client = app.test_client()
+    job = submit(client, callback="drop")
+    sandbox.add_fault(endpoint="poll", status=404, count=10)
+    drive(worker, lambda: job_of(client, job["id"])["status"] == "failed", step=600)
+    final = job_of(client, job["id"])
+    assert "404" in final["error"] and final["finished_at"]
+
+
+def test_a_callback_arriving_stops_the_polling(live, sandbox):
+    app, server = live
+    client = app.test_client()
+    job = submit(client)
+    sandbox.advance(10)
+    deadline = time.time() + 10
+    while job_of(client, job["id"])["status"] != "completed" and time.time() < deadline:
+        time.sleep(0.05)
+    row = job_of(client, job["id"])
+    assert row["status"] == "completed" and row["completion_source"] == "callback"
+    store = make_worker(app).store
+    assert store.job(job["id"])["next_poll_at"] is None
+
+
+def test_callback_and_poll_at_the_same_moment_make_one_transition_and_one_download(live, sandbox):
+    app, server = live
+    client = app.test_client()
+    job = submit(client, outputs=2)
+    workers = [make_worker(app) for _ in range(2)]
+    sandbox.advance(10)  # the callback is now being delivered while the workers poll
+    threads = [threading.Thread(target=w.run_once, args=(time.time() + 1,)) for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    drive(workers[0], lambda: all(o["status"] == "downloaded"
+                                  for o in job_of(client, job["id"])["outputs"]))
+    final = job_of(client, job["id"])
+    assert final["status"] == "completed" and len(final["outputs"]) == 2
+    assert_downloaded(app, sandbox, final)
+    counts = sandbox.job(final["upstream_id"])["content_requests"]
+    assert sorted(counts.values()) == [1, 1]
+
+
+def test_a_download_cut_off_half_way_resumes_with_range(app, sandbox, worker):
+    sandbox.settings.content_size = 3 * 1024 * 1024
+    client = app.test_client()
+    job = submit(client)
+    sandbox.advance(10)
+    sandbox.add_fault(endpoint="content", status=200, truncate_at=1024 * 1024)
+    drive(worker, lambda: job_of(client, job["id"])["outputs"][:1]
+          and job_of(client, job["id"])["outputs"][0]["status"] == "downloaded")
+    final = job_of(client, job["id"])
+    assert final["outputs"][0]["bytes"] == 3 * 1024 * 1024
+    assert_downloaded(app, sandbox, final)
+
+
+def test_a_200_answer_to_a_range_request_starts_over(app, sandbox, worker):
+    sandbox.settings.content_size = 2 * 1024 * 1024
+    sandbox.settings.range_support = "ignore"
+    client = app.test_client()
+    job = submit(client)
+    sandbox.advance(10)
+    sandbox.add_fault(endpoint="content", status=200, truncate_at=700_000)
+    drive(worker, lambda: job_of(client, job["id"])["outputs"][:1]
+          and job_of(client, job["id"])["outputs"][0]["status"] == "downloaded")
+    assert_downloaded(app, sandbox, job_of(client, job["id"]))
+
+
+def test_404_on_content_right_after_completion_is_retried(app, sandbox, worker):
+    client = app.test_client()
+    job = submit(client, callback="drop")
+    sandbox.advance(10)
+    sandbox.add_fault(endpoint="content", status=404, count=2)
+    drive(worker, lambda: job_of(client, job["id"])["outputs"][:1]
+          and job_of(client, job["id"])["outputs"][0]["status"] == "downloaded", step=120)
+    assert_downloaded(app, sandbox, job_of(client, job["id"]))
+
+
+def test_an_unwritable_media_dir_is_a_clear_error_and_the_output_stays_pending(
+    worker_env, sandbox, tmp_path
+):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the media folder should be")
+    app = create_app({**worker_env, "MEDIA_DIR": str(blocker / "videos")})
+    worker = make_worker(app)
+    client = app.test_client()
+    job = submit(client, callback="drop")
+    sandbox.advance(10)
+    drive(worker, lambda: job_of(client, job["id"])["outputs"][:1]
+          and job_of(client, job["id"])["outputs"][0]["error"])
+    [output] = job_of(client, job["id"])["outputs"]
+    assert output["status"] == "pending" and "cannot write to MEDIA_DIR" in output["error"]
+    assert output["sha256"] is None
+    assert client.get(f"/api/jobs/{job['id']}/videos/0", headers=AUTH).status_code == 409
+
+
+def test_downloads_give_up_only_after_the_configured_time(worker_env, sandbox):
+    app = create_app({**worker_env, "DOWNLOAD_GIVE_UP_SECONDS": "1000"})
+    worker = make_worker(app)
+    client = app.test_client()
+    job = submit(client, callback="drop")
+    sandbox.advance(10)
+    sandbox.add_fault(endpoint="content", status=500, count=1000)
+    now = time.time()
+    worker.run_once(now)  # poll: completed
+    worker.run_once(now + 1)  # first failed download
+    assert job_of(client, job["id"])["outputs"][0]["status"] == "pending"
+    drive(worker, lambda: job_of(client, job["id"])["outputs"][0]["status"] == "failed",
+          step=300)
+    output = job_of(client, job["id"])["outputs"][0]
+    assert "gave up" in output["error"]
+    assert job_of(client, job["id"])["status"] == "completed"
+
+
+def test_two_workers_never_download_the_same_output_twice(app, sandbox):
+    client = app.test_client()
+    jobs = [submit(client, outputs=3, callback="drop") for _ in range(3)]
+    sandbox.advance(10)
+    workers = [make_worker(app, concurrency=2) for _ in range(2)]
+    stop = time.time() + 20
+
+    def loop(worker):
+        while time.time() < stop and not all(
+            o["status"] == "downloaded" for j in jobs for o in job_of(client, j["id"])["outputs"]
+        ) or not all(job_of(client, j["id"])["outputs"] for j in jobs):
+            worker.run_once()
+
+    threads = [threading.Thread(target=loop, args=(w,)) for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    for job in jobs:
+        final = job_of(client, job["id"])
+        assert_downloaded(app, sandbox, final)
+        counts = sandbox.job(final["upstream_id"])["content_requests"]
+        assert sorted(counts.values()) == [1, 1, 1]
+
+
+def test_an_expired_lease_is_picked_up_by_another_worker_and_the_stale_one_is_fenced(
+    app, sandbox
+):
+    client = app.test_client()
+    job = submit(client, callback="drop")
+    sandbox.advance(10)
+    first, second = make_worker(app, lease_seconds=5), make_worker(app, lease_seconds=5)
+    now = time.time()
+    first.run_once(now)  # poll: completed, output row due
+    [claim] = first.store.claim_due_outputs(first.owner, now, now + 5, 1)
+    # `first` stalls; after its lease runs out `second` claims and finishes the output.
+    second.run_once(now + 6)
+    assert job_of(client, job["id"])["outputs"][0]["status"] == "downloaded"
+    stale = first.store.finish_output_claim(claim["job_id"], 0, claim["fence"],
+                                            {"status": "pending", "sha256": "0" * 64})
+    assert stale is False
+    assert_downloaded(app, sandbox, job_of(client, job["id"]))
+
+
+def test_a_job_left_submitting_ends_submit_failed_after_the_timeout_and_is_never_resubmitted(
+    worker_env, sandbox
+):
+    app = create_app({**worker_env, "SUBMIT_TIMEOUT_SECONDS": "600"})
+    worker = make_worker(app)
+    client = app.test_client()
+    sandbox.add_fault(endpoint="submit", status=500)
+    response = client.post("/api/jobs", json=VALID, headers=AUTH)
+    job_id = response.get_json()["error"]["details"]["job_id"]
+    now = time.time()
+    worker.run_once(now + 60)
+    assert job_of(client, job_id)["status"] == "submitting"
+    worker.run_once(now + 601)
+    final = job_of(client, job_id)
+    assert final["status"] == "submit_failed" and "not resubmitted" in final["error"]
+    assert sandbox.stats()["submits"] == 1
