@@ -167,6 +167,15 @@ def send_test_event(
         sys.exit(1)
 
 
+@cli.command()
+@click.option("--keep", is_flag=True, help="Leave everything running and print the URLs.")
+def demo(keep: bool) -> None:
+    """Run sandbox, web and worker on loopback and push a handful of jobs through."""
+    from .demo import run
+
+    sys.exit(run(keep, click.echo))
+
+
 cli.add_command(sandbox_command, "sandbox")
 
 
@@ -180,3 +189,7 @@ def main() -> None:
     except ConfigError as error:
         click.echo(f"webhook-service: configuration error: {error}", err=True)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

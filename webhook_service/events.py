@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import re
+import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -132,8 +133,7 @@ def receive(
             verdict="rejected",
             reason=str(error),
         )
-        with store.transaction():
-            event_id = store.insert_event(row)
+        event_id = store.batched(lambda store: store.insert_event(row))
         return Receipt(event_id, "rejected", event_id is None, str(error))
 
     row.update(
@@ -141,26 +141,30 @@ def receive(
         event_type=envelope.type,
         upstream_id=envelope.upstream_id,
     )
-    if store.has_event(row["dedup_key"]):  # most redeliveries never need the write lock
-        return Receipt(None, "duplicate", duplicate=True)
-    try:
-        with store.transaction():
-            event_id = store.insert_event({**row, "verdict": "received"})
-            if event_id is None:
-                return Receipt(None, "duplicate", duplicate=True)
-            verdict, job_id = apply_event(store, envelope, token, now)
-            store.update_event(
-                event_id,
-                {"verdict": verdict, "job_id": job_id,
-                 "applied_at": now if verdict in PROCESSED else None},
-            )
+
+    def store_and_apply(store: Store) -> Receipt:
+        event_id = store.insert_event({**row, "verdict": "received"})
+        if event_id is None:
+            return Receipt(None, "duplicate", duplicate=True)
+        verdict, job_id = apply_event(store, envelope, token, now)
+        store.update_event(
+            event_id,
+            {"verdict": verdict, "job_id": job_id,
+             "applied_at": now if verdict in PROCESSED else None},
+        )
         return Receipt(event_id, verdict)
+
+    try:
+        return store.batched(store_and_apply)
+    except sqlite3.Error:
+        raise  # the database itself failed: answer 500 so the sender retries
     except Exception as error:
         # Applying failed (a bug, say): keep the event for `replay`, still acknowledged.
         log.exception("applying event for %s failed; kept for replay", envelope.upstream_id)
         reason = f"{type(error).__name__}: {error}"
-        with store.transaction():
-            event_id = store.insert_event({**row, "verdict": "error", "reason": reason})
+        event_id = store.batched(
+            lambda store: store.insert_event({**row, "verdict": "error", "reason": reason})
+        )
         return Receipt(event_id, "error", event_id is None, reason)
 
 

@@ -16,10 +16,10 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
@@ -155,6 +155,79 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     )
 
 
+T = TypeVar("T")
+
+
+class _Pending:
+    """One write waiting to ride in a shared transaction."""
+
+    def __init__(self, work: Callable[[Store], Any]) -> None:
+        self.work = work
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class GroupCommit:
+    """Run short writes from many threads in shared transactions: one fsync a batch.
+
+    Each caller queues its write and then waits for the leader lock; whoever holds
+    it runs every queued write (each in its own savepoint, so one failing write
+    does not undo the others) in a single transaction.  A caller finding its write
+    already done returns at once.  Nothing returns before its write is committed.
+    """
+
+    _instances: dict[str, GroupCommit] = {}
+    _guard = threading.Lock()
+
+    def __init__(self) -> None:
+        self._queue: list[_Pending] = []
+        self._queue_lock = threading.Lock()
+        self._leader = threading.Lock()
+
+    @classmethod
+    def for_database(cls, database: Path) -> GroupCommit:
+        """Return the process-wide batcher for a database file."""
+        key = str(database.absolute())
+        with cls._guard:
+            if key not in cls._instances:
+                cls._instances[key] = cls()
+            return cls._instances[key]
+
+    def run(self, store: Store, work: Callable[[Store], T]) -> T:
+        """Run ``work(store)`` inside a committed transaction and return its result."""
+        mine = _Pending(work)
+        with self._queue_lock:
+            self._queue.append(mine)
+        with self._leader:
+            if not mine.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._commit(store, batch)
+        if mine.error is not None:
+            raise mine.error
+        result: T = mine.result
+        return result
+
+    @staticmethod
+    def _commit(store: Store, batch: list[_Pending]) -> None:
+        try:
+            with store.transaction():
+                for pending in batch:
+                    try:
+                        with store.db.atomic():
+                            pending.result = pending.work(store)
+                    except Exception as error:
+                        pending.error = error
+        except BaseException as error:
+            for pending in batch:
+                pending.error = pending.error or error
+            raise
+        finally:
+            for pending in batch:
+                pending.done = True
+
+
 class Store:
     """All persistence of jobs, outputs and webhook events."""
 
@@ -210,6 +283,10 @@ class Store:
                 self.db.rollback()
                 raise
             self.db.execute("COMMIT")
+
+    def batched(self, work: Callable[[Store], T]) -> T:
+        """Run a short write in a transaction shared with other threads' writes."""
+        return GroupCommit.for_database(self.path).run(self, work)
 
     def _one(self, sql: str, params: Iterable[Any] = ()) -> dict[str, Any] | None:
         row = self.db.execute(sql, list(params)).fetchone()
@@ -327,11 +404,6 @@ class Store:
             list(event.values()),
         )
         return cursor.lastrowid if cursor.rowcount == 1 else None
-
-    def has_event(self, dedup_key: str) -> bool:
-        """Answer whether an event with this dedup key is stored."""
-        found = self.db.execute("SELECT 1 FROM events WHERE dedup_key = ?", [dedup_key])
-        return found.fetchone() is not None
 
     def update_event(self, event_id: int, changes: Mapping[str, Any]) -> None:
         """Set columns of one stored event."""

@@ -1,0 +1,279 @@
+"""`webhook-service demo`: the whole system on loopback, as it is deployed.
+
+Starts the sandbox upstream, then the Procfile's ``release``, ``web`` and
+``worker`` lines (with ``PORT`` set, as a platform would) on a fresh instance
+folder; submits jobs that exercise a dropped callback, an upstream failure, two
+outputs and a duplicate callback; follows them until every job is terminal and
+every video downloaded; checks each file's sha256 against what the sandbox
+served; prints a summary and exits 0, or non-zero saying what went wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+API_TOKEN = "demo-token"
+WEBHOOK_SECRET = "demo-webhook-secret"
+API_KEY = "demo-sandbox-key"
+STOP_SECONDS = 10.0
+TERMINAL = {"completed", "failed", "cancelled", "expired", "submit_failed"}
+
+# What the Procfile says; used only when the demo runs outside a checkout.
+DEFAULT_PROCFILE = {
+    "release": "webhook-service migrate",
+    "web": "gunicorn wsgi:app --bind 0.0.0.0:$PORT --workers 2 --threads 4",
+    "worker": "webhook-service worker",
+}
+
+
+@dataclass
+class Scenario:
+    """One demo job: what to ask the sandbox for, and what must come out."""
+
+    name: str
+    sandbox: dict[str, Any]
+    status: str
+    source: str | None
+    outputs: int
+    job: dict[str, Any] = field(default_factory=dict)
+
+
+SCENARIOS = [
+    Scenario("plain", {}, "completed", "callback", 1),
+    Scenario("callback dropped", {"callback": "drop"}, "completed", "poll", 1),
+    Scenario("fails upstream", {"outcome": "failed"}, "failed", "callback", 0),
+    Scenario("two outputs", {"outputs": 2}, "completed", "callback", 2),
+    Scenario("duplicate callback", {"callback": "duplicate"}, "completed", "callback", 1),
+]
+
+
+def read_procfile(path: Path) -> dict[str, str]:
+    """Parse a Procfile into {process type: command}."""
+    processes = {}
+    for line in path.read_text().splitlines():
+        name, sep, command = line.partition(":")
+        if sep and name.strip() and not line.lstrip().startswith("#"):
+            processes[name.strip()] = command.strip()
+    return processes
+
+
+def free_port() -> int:
+    """Return a free TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(check: Callable[[], bool], seconds: float, what: str) -> None:
+    """Poll ``check`` until true, or fail saying ``what`` did not happen."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise DemoFailed(f"{what} within {seconds:.0f}s")
+
+
+class DemoFailed(Exception):
+    """The demo did not come out right; the message says what."""
+
+
+class Processes:
+    """The demo's child processes, stopped with SIGTERM at the end."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, command: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
+        process = subprocess.Popen(["bash", "-c", command], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        self.running[name] = process
+        return process
+
+    def stop(self) -> dict[str, float]:
+        """SIGTERM every process; return how long each took to exit."""
+        took = {}
+        for name, process in self.running.items():
+            started = time.monotonic()
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(STOP_SECONDS + 5)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+            took[name] = time.monotonic() - started
+        return took
+
+
+def run(keep: bool, echo: Callable[[str], None] = print) -> int:
+    """Run the demo; return the process exit status."""
+    home = Path(tempfile.mkdtemp(prefix="webhook-service-demo-"))
+    procfile_path = Path("Procfile")
+    procfile = read_procfile(procfile_path) if procfile_path.exists() else DEFAULT_PROCFILE
+    sandbox_port, web_port = free_port(), free_port()
+    sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+    web_url = f"http://127.0.0.1:{web_port}"
+    env = {
+        **os.environ,
+        "PORT": str(web_port),
+        "DATABASE_PATH": str(home / "webhook_service.sqlite3"),
+        "MEDIA_DIR": str(home / "videos"),
+        "MODELGATES_API_KEY": API_KEY,
+        "MODELGATES_BASE_URL": f"{sandbox_url}/api/v1",
+        "MODELGATES_WEBHOOK_SECRETS": WEBHOOK_SECRET,
+        "SERVICE_API_TOKENS": API_TOKEN,
+        "PUBLIC_BASE_URL": web_url,
+        "ALLOW_INSECURE_CALLBACKS": "1",
+        "TRUSTED_PROXY_COUNT": "0",
+        "POLL_AFTER_SECONDS": "6",
+        "POLL_INTERVAL_SECONDS": "2",
+        "WEB_CONCURRENCY": "2",
+        "PYTHONUNBUFFERED": "1",
+    }
+    processes = Processes(home)
+    echo(f"demo: instance folder {home}")
+    try:
+        processes.start("sandbox", shlex.join([
+            sys.executable, "-m", "webhook_service.cli", "sandbox", "--port", str(sandbox_port),
+            "--api-key", API_KEY, "--webhook-secret", WEBHOOK_SECRET,
+            "--pending-seconds", "1", "--in-progress-seconds", "2"]), env)
+        if "release" in procfile:
+            release = subprocess.run(["bash", "-c", procfile["release"]], env=env,
+                                     capture_output=True, text=True)
+            if release.returncode:
+                raise DemoFailed(f"release step failed: {release.stderr.strip()}")
+        processes.start("web", procfile["web"], env)
+        processes.start("worker", procfile["worker"], env)
+        wait_for(lambda: httpx.get(f"{sandbox_url}/_sandbox/stats").is_success, 20,
+                 "the sandbox did not start")
+        wait_for(lambda: httpx.get(f"{web_url}/healthz").is_success, 30, "web did not start")
+        echo(f"demo: sandbox {sandbox_url}, web {web_url}, worker running; submitting jobs")
+        with httpx.Client(base_url=web_url, timeout=30,
+                          headers={"Authorization": f"Bearer {API_TOKEN}"}) as api:
+            _submit_all(api, echo)
+            _follow(api, echo)
+            failures = _check(api, httpx.Client(base_url=sandbox_url), home, echo)
+        if keep:
+            echo(f"\ndemo: still running. API {web_url}/api/jobs (Bearer {API_TOKEN}), "
+                 f"sandbox {sandbox_url}/_sandbox/jobs, logs in {home}. Ctrl-C stops.")
+            _wait_for_interrupt()
+        took = processes.stop()
+        slow = [name for name, seconds in took.items() if seconds > STOP_SECONDS]
+        if slow:
+            failures.append(f"{', '.join(slow)} took more than {STOP_SECONDS:.0f}s to stop")
+    except DemoFailed as error:
+        processes.stop()
+        echo(f"\ndemo FAILED: {error} (logs in {home})")
+        return 1
+    if failures:
+        echo("\ndemo FAILED:\n  " + "\n  ".join(failures) + f"\n(logs in {home})")
+        return 1
+    echo("\ndemo OK: every job reached the expected state and every video is on disk, verified.")
+    return 0
+
+
+def _submit_all(api: httpx.Client, echo: Callable[[str], None]) -> None:
+    for scenario in SCENARIOS:
+        body = {"model": "sandbox/tiny", "prompt": f"demo: {scenario.name}", "duration": 2,
+                "resolution": "480p", "aspect_ratio": "16:9"}
+        if scenario.sandbox:
+            body["provider"] = {"options": {"sandbox": {"parameters": scenario.sandbox}}}
+        response = api.post("/api/jobs", json=body,
+                            headers={"Idempotency-Key": f"demo-{scenario.name}"})
+        if response.status_code != 202:
+            raise DemoFailed(f"submit of '{scenario.name}' answered {response.status_code}: "
+                             f"{response.text}")
+        scenario.job = response.json()
+        echo(f"  submitted {scenario.job['id']}  {scenario.name}")
+
+
+def _follow(api: httpx.Client, echo: Callable[[str], None], seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    shown: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        settled = True
+        for scenario in SCENARIOS:
+            job = api.get(f"/api/jobs/{scenario.job['id']}").json()
+            scenario.job = job
+            outputs = " ".join(o["status"] for o in job["outputs"]) or "-"
+            line = f"{job['status']} ({job['completion_source'] or '-'}) outputs: {outputs}"
+            if shown.get(job["id"]) != line:
+                shown[job["id"]] = line
+                echo(f"  {time.strftime('%H:%M:%S')} {scenario.name:<20} {line}")
+            done = job["status"] in TERMINAL and all(
+                o["status"] in ("downloaded", "failed") for o in job["outputs"])
+            if job["status"] == "completed" and not job["outputs"]:
+                done = False
+            settled &= done
+        if settled:
+            return
+        time.sleep(0.5)
+    raise DemoFailed("not every job finished")
+
+
+def _check(
+    api: httpx.Client, sandbox: httpx.Client, home: Path, echo: Callable[[str], None]
+) -> list[str]:
+    failures = []
+    echo(f"\n{'job':<28} {'scenario':<19} {'status':<10} {'source':<9} {'idx':>3} "
+         f"{'bytes':>8}  {'sha256':<16}  file")
+    for scenario in SCENARIOS:
+        job = scenario.job
+        if (job["status"], job["completion_source"], len(job["outputs"])) != (
+            scenario.status, scenario.source, scenario.outputs
+        ):
+            failures.append(
+                f"{scenario.name}: {job['status']}/{job['completion_source']}/"
+                f"{len(job['outputs'])} outputs, expected {scenario.status}/{scenario.source}/"
+                f"{scenario.outputs}")
+        upstream = sandbox.get(f"/_sandbox/jobs/{job['upstream_id']}").json()
+        served = {o["index"]: o["sha256"] for o in upstream.get("outputs", [])}
+        rows = job["outputs"] or [None]
+        for output in rows:
+            path, digest = "", "-"
+            if output is not None:
+                file = home / "videos" / job["id"] / f"{output['index']}.mp4"
+                path = str(file)
+                digest = hashlib.sha256(file.read_bytes()).hexdigest() if file.exists() else "-"
+                if output["status"] != "downloaded" or digest != output["sha256"]:
+                    failures.append(f"{scenario.name}: video {output['index']} not intact")
+                elif served.get(output["index"]) != digest:
+                    failures.append(f"{scenario.name}: video {output['index']} differs from "
+                                    "what the sandbox served")
+            echo(f"{job['id']:<28} {scenario.name:<19} {job['status']:<10} "
+                 f"{job['completion_source'] or '-':<9} "
+                 f"{'-' if output is None else output['index']:>3} "
+                 f"{'-' if output is None else output['bytes']:>8}  {digest[:16]:<16}  {path}")
+    return failures
+
+
+def _wait_for_interrupt() -> None:
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
