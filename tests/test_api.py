@@ -6,12 +6,17 @@ import json
 import threading
 
 import pytest
-
 from conftest import API_TOKEN, AUTH
+
 from webhook_service import create_app
 
-VALID = {"model": "google/veo-3.1", "prompt": "a lighthouse at dusk", "duration": 8,
-         "resolution": "720p", "aspect_ratio": "16:9"}
+VALID = {
+    "model": "google/veo-3.1",
+    "prompt": "a lighthouse at dusk",
+    "duration": 8,
+    "resolution": "720p",
+    "aspect_ratio": "16:9",
+}
 
 
 def submits(sandbox) -> int:
@@ -53,14 +58,21 @@ def test_submit_records_the_job_and_sends_a_per_job_https_callback(client, store
     assert job["outputs"] == [] and job["finished_at"] is None
     row = store.job(job["id"])
     upstream = sandbox.job(job["upstream_id"])
-    assert upstream["callback_url"] == f"http://127.0.0.1:9/webhooks/modelgates/{row['callback_token']}"
+    assert (
+        upstream["callback_url"]
+        == f"http://127.0.0.1:9/webhooks/modelgates/{row['callback_token']}"
+    )
     assert client.get(f"/api/jobs/{job['id']}", headers=AUTH).get_json() == job
 
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer nope"}, {"Authorization": f"Basic {API_TOKEN}"},
-     {"Authorization": "Bearer "}],
+    [
+        {},
+        {"Authorization": "Bearer nope"},
+        {"Authorization": f"Basic {API_TOKEN}"},
+        {"Authorization": "Bearer "},
+    ],
 )
 def test_missing_or_unknown_token_is_401_and_nothing_is_stored(client, store, sandbox, headers):
     response = client.post("/api/jobs", json=VALID, headers=headers)
@@ -72,8 +84,7 @@ def test_missing_or_unknown_token_is_401_and_nothing_is_stored(client, store, sa
 
 @pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'"text"', b"", b"\xff\xfe"])
 def test_malformed_json_or_a_non_object_is_400(client, store, sandbox, body):
-    response = client.post("/api/jobs", data=body, headers=AUTH,
-                           content_type="application/json")
+    response = client.post("/api/jobs", data=body, headers=AUTH, content_type="application/json")
     assert response.status_code == 400
     error = response.get_json()["error"]
     assert error["code"] == "bad_request" and error["message"]
@@ -95,12 +106,34 @@ def test_malformed_json_or_a_non_object_is_400(client, store, sandbox, body):
         ({"resolution": "8000"}, "resolution"),
         ({"size": "1280*720"}, "size"),
         ({"model": None}, "model"),
-        ({"frame_images": [{"type": "image_url", "image_url": {"url": "https://x/a.png"},
-                            "frame_type": "middle_frame"}]}, "frame_images.0.frame_type"),
-        ({"frame_images": [{"type": "image_url", "image_url": {"url": "ftp://x/a.png"},
-                            "frame_type": "first_frame"}]}, "frame_images.0.image_url.url"),
-        ({"input_references": [{"type": "image_url", "video_url": {"url": "https://x/v"}}]},
-         "input_references.0._schema"),
+        (
+            {
+                "frame_images": [
+                    {
+                        "type": "image_url",
+                        "image_url": {"url": "https://x/a.png"},
+                        "frame_type": "middle_frame",
+                    }
+                ]
+            },
+            "frame_images.0.frame_type",
+        ),
+        (
+            {
+                "frame_images": [
+                    {
+                        "type": "image_url",
+                        "image_url": {"url": "ftp://x/a.png"},
+                        "frame_type": "first_frame",
+                    }
+                ]
+            },
+            "frame_images.0.image_url.url",
+        ),
+        (
+            {"input_references": [{"type": "image_url", "video_url": {"url": "https://x/v"}}]},
+            "input_references.0._schema",
+        ),
         ({"provider": {"options": "fast"}}, "provider.options"),
     ],
 )
@@ -119,8 +152,13 @@ def test_prompt_is_required_unless_frame_images_are_given(client, store, sandbox
     assert response.status_code == 422
     assert "prompt" in response.get_json()["error"]["details"]
     assert_nothing_happened(store, sandbox)
-    frames = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="},
-               "frame_type": "first_frame"}]
+    frames = [
+        {
+            "type": "image_url",
+            "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="},
+            "frame_type": "first_frame",
+        }
+    ]
     response = client.post("/api/jobs", json={**body, "frame_images": frames}, headers=AUTH)
     assert response.status_code == 202, response.get_json()
 
@@ -132,11 +170,25 @@ def test_prompt_is_required_unless_frame_images_are_given(client, store, sandbox
         ({"resolution": "4K"}, "resolution"),
         ({"aspect_ratio": "1:1"}, "aspect_ratio"),
         ({"size": "640x480"}, "size"),
-        ({"model": "sandbox/tiny", "duration": 4, "resolution": "480p",
-          "frame_images": [{"type": "image_url", "image_url": {"url": "https://x/a.png"},
-                            "frame_type": "last_frame"}]}, "frame_images"),
-        ({"model": "sandbox/tiny", "duration": 4, "resolution": "480p",
-          "generate_audio": False}, "generate_audio"),
+        (
+            {
+                "model": "sandbox/tiny",
+                "duration": 4,
+                "resolution": "480p",
+                "frame_images": [
+                    {
+                        "type": "image_url",
+                        "image_url": {"url": "https://x/a.png"},
+                        "frame_type": "last_frame",
+                    }
+                ],
+            },
+            "frame_images",
+        ),
+        (
+            {"model": "sandbox/tiny", "duration": 4, "resolution": "480p", "generate_audio": False},
+            "generate_audio",
+        ),
         ({"model": "sandbox/tiny", "duration": 4, "resolution": "480p", "seed": 1}, "seed"),
     ],
 )
@@ -225,7 +277,9 @@ def test_idempotency_key_still_in_flight_is_409(app, store, sandbox):
         (413, 413, "payload_too_large"),
     ],
 )
-def test_upstream_refusals_end_the_job_as_submit_failed(client, store, sandbox, status, answer, code):
+def test_upstream_refusals_end_the_job_as_submit_failed(
+    client, store, sandbox, status, answer, code
+):
     sandbox.add_fault(endpoint="submit", status=status)
     response = client.post("/api/jobs", json=VALID, headers=AUTH)
     assert response.status_code == answer
@@ -293,14 +347,19 @@ def test_submit_is_503_when_not_configured(env, sandbox, missing):
 
 
 def test_no_api_tokens_configured_means_401_for_everyone(env):
-    app = create_app({**{k: v for k, v in env.items() if k != "SERVICE_API_TOKENS"},
-                      "TESTING": True})
+    app = create_app(
+        {**{k: v for k, v in env.items() if k != "SERVICE_API_TOKENS"}, "TESTING": True}
+    )
     assert app.test_client().get("/api/jobs", headers=AUTH).status_code == 401
 
 
 def test_list_jobs_pages_newest_first_with_a_cursor_and_filters(client):
-    ids = [client.post("/api/jobs", json={**VALID, "prompt": f"shot {n}"}, headers=AUTH)
-           .get_json()["id"] for n in range(5)]
+    ids = [
+        client.post("/api/jobs", json={**VALID, "prompt": f"shot {n}"}, headers=AUTH).get_json()[
+            "id"
+        ]
+        for n in range(5)
+    ]
     first = client.get("/api/jobs?limit=2", headers=AUTH).get_json()
     assert [job["id"] for job in first["jobs"]] == ids[::-1][:2]
     second = client.get(f"/api/jobs?limit=2&cursor={first['next_cursor']}", headers=AUTH).get_json()

@@ -32,9 +32,15 @@ def test_http_public_url_needs_the_insecure_flag():
 
 @pytest.mark.parametrize(
     "name, value",
-    [("POLL_AFTER_SECONDS", "soon"), ("POLL_INTERVAL_SECONDS", "0"), ("TRUSTED_PROXY_COUNT", "1.5"),
-     ("TRUSTED_PROXY_COUNT", "-1"), ("PUBLIC_BASE_URL", "videos.example"),
-     ("MODELGATES_BASE_URL", "ftp://x"), ("PUBLIC_BASE_URL", "https://x/?a=1")],
+    [
+        ("POLL_AFTER_SECONDS", "soon"),
+        ("POLL_INTERVAL_SECONDS", "0"),
+        ("TRUSTED_PROXY_COUNT", "1.5"),
+        ("TRUSTED_PROXY_COUNT", "-1"),
+        ("PUBLIC_BASE_URL", "videos.example"),
+        ("MODELGATES_BASE_URL", "ftp://x"),
+        ("PUBLIC_BASE_URL", "https://x/?a=1"),
+    ],
 )
 def test_unusable_values_fail_with_one_clear_line(name, value):
     with pytest.raises(ConfigError) as caught:
@@ -43,7 +49,12 @@ def test_unusable_values_fail_with_one_clear_line(name, value):
 
 
 def test_secrets_never_appear_in_the_repr():
-    settings = load_settings({"MODELGATES_API_KEY": "sk-live-123", "MODELGATES_WEBHOOK_SECRETS": "whsec",
-                              "SERVICE_API_TOKENS": "tok-abc"})
+    settings = load_settings(
+        {
+            "MODELGATES_API_KEY": "sk-live-123",
+            "MODELGATES_WEBHOOK_SECRETS": "whsec",
+            "SERVICE_API_TOKENS": "tok-abc",
+        }
+    )
     text = repr(settings)
     assert "sk-live-123" not in text and "whsec" not in text and "tok-abc" not in text

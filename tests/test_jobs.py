@@ -7,8 +7,12 @@ NOW = 1_000.0
 
 def job(**overrides):
     row = {
-        "id": "vj_1", "status": "pending", "upstream_id": "job-1", "generation_id": None,
-        "cost": None, "outputs_known": 0,
+        "id": "vj_1",
+        "status": "pending",
+        "upstream_id": "job-1",
+        "generation_id": None,
+        "cost": None,
+        "outputs_known": 0,
     }
     return row | overrides
 
@@ -71,7 +75,14 @@ def test_a_callback_reveals_the_upstream_id_of_a_submitting_job():
 
 def test_observation_reads_job_objects_defensively():
     parsed = Observation.from_upstream(
-        {"id": "job-1", "status": "completed", "unsigned_urls": ["a", "b"],
-         "usage": {"cost": None}, "error": {"message": "x"}}, "poll")
+        {
+            "id": "job-1",
+            "status": "completed",
+            "unsigned_urls": ["a", "b"],
+            "usage": {"cost": None},
+            "error": {"message": "x"},
+        },
+        "poll",
+    )
     assert parsed.output_count == 2 and parsed.cost is None and parsed.error == "x"
     assert Observation.from_upstream({"status": "pending", "usage": "odd"}, "poll").cost is None

@@ -17,8 +17,10 @@ BASE = "https://upstream.test/api/v1"
 
 
 def envelope(status, message="nope", **metadata):
-    return {"error": {"code": status, "message": message, "metadata": metadata or None},
-            "user_id": None}
+    return {
+        "error": {"code": status, "message": message, "metadata": metadata or None},
+        "user_id": None,
+    }
 
 
 class Upstream:
@@ -38,9 +40,15 @@ class Upstream:
 
 def client_for(upstream, **kwargs):
     sleeps = []
-    client = ModelGatesClient(BASE, "sk-secret", referer="https://videos.example",
-                              title="Example", transport=httpx.MockTransport(upstream),
-                              sleep=sleeps.append, **kwargs)
+    client = ModelGatesClient(
+        BASE,
+        "sk-secret",
+        referer="https://videos.example",
+        title="Example",
+        transport=httpx.MockTransport(upstream),
+        sleep=sleeps.append,
+        **kwargs,
+    )
     return client, sleeps
 
 
@@ -56,13 +64,24 @@ def test_submit_sends_key_and_attribution_headers():
 
 
 @pytest.mark.parametrize(
-    "status, kind", [(400, RequestRefused), (401, RequestRefused), (402, RequestRefused),
-                     (404, RequestRefused), (413, RequestRefused), (429, RateLimited),
-                     (500, ServerError), (503, ServerError)],
+    "status, kind",
+    [
+        (400, RequestRefused),
+        (401, RequestRefused),
+        (402, RequestRefused),
+        (404, RequestRefused),
+        (413, RequestRefused),
+        (429, RateLimited),
+        (500, ServerError),
+        (503, ServerError),
+    ],
 )
 def test_error_envelopes_map_to_the_exception_tree_and_post_is_never_retried(status, kind):
-    upstream = Upstream(httpx.Response(status, json=envelope(status, "why", error_type="x"),
-                                       headers={"Retry-After": "2"}))
+    upstream = Upstream(
+        httpx.Response(
+            status, json=envelope(status, "why", error_type="x"), headers={"Retry-After": "2"}
+        )
+    )
     client, sleeps = client_for(upstream)
     with pytest.raises(kind) as caught:
         client.submit({"model": "m"})
@@ -75,8 +94,11 @@ def test_error_envelopes_map_to_the_exception_tree_and_post_is_never_retried(sta
 
 @pytest.mark.parametrize(
     "failure, sent",
-    [(httpx.ConnectError("refused"), False), (httpx.ReadTimeout("slow"), True),
-     (httpx.RemoteProtocolError("reset"), True)],
+    [
+        (httpx.ConnectError("refused"), False),
+        (httpx.ReadTimeout("slow"), True),
+        (httpx.RemoteProtocolError("reset"), True),
+    ],
 )
 def test_transport_failures_say_whether_the_request_may_have_arrived(failure, sent):
     upstream = Upstream(failure)
@@ -152,7 +174,9 @@ def test_content_follows_same_origin_redirects_only():
 
 
 def test_content_resume_sends_a_range_and_errors_raise():
-    upstream = Upstream(httpx.Response(206, content=b"deo"), httpx.Response(404, json=envelope(404)))
+    upstream = Upstream(
+        httpx.Response(206, content=b"deo"), httpx.Response(404, json=envelope(404))
+    )
     client, _ = client_for(upstream)
     with client.stream_content("job-1", 2, start=2) as response:
         assert response.status_code == 206

@@ -20,7 +20,9 @@ def test_modelgates_spelling_of_the_header_is_accepted():
 
 
 def test_any_configured_secret_may_match_during_rotation():
-    assert verify(VECTOR_BODY, {"X-OpenRouter-Signature": VECTOR_HEADER}, ["new", "dev_secret"], NOW)
+    assert verify(
+        VECTOR_BODY, {"X-OpenRouter-Signature": VECTOR_HEADER}, ["new", "dev_secret"], NOW
+    )
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-
 from conftest import WEBHOOK_SECRET, LiveServer
+
 from webhook_service import create_app, submission
 from webhook_service.signatures import sign
 from webhook_service.store import Store
@@ -34,13 +34,23 @@ def db(hook_app):
 
 def make_job(store, job_id="vj_1", upstream_id="job-1", status="pending", token=None):
     now = time.time()
-    store.insert_job({
-        "id": job_id, "upstream_id": upstream_id, "callback_token": token or f"tok-{job_id}",
-        "client": "c", "request_hash": "h", "status": status, "model": "google/veo-3.1",
-        "prompt": "p", "params": {"model": "google/veo-3.1"}, "created_at": now,
-        "updated_at": now, "submit_outcome": "accepted" if upstream_id else None,
-        "next_poll_at": now + 120,
-    })
+    store.insert_job(
+        {
+            "id": job_id,
+            "upstream_id": upstream_id,
+            "callback_token": token or f"tok-{job_id}",
+            "client": "c",
+            "request_hash": "h",
+            "status": status,
+            "model": "google/veo-3.1",
+            "prompt": "p",
+            "params": {"model": "google/veo-3.1"},
+            "created_at": now,
+            "updated_at": now,
+            "submit_outcome": "accepted" if upstream_id else None,
+            "next_poll_at": now + 120,
+        }
+    )
     return store.job(job_id)
 
 
@@ -52,14 +62,19 @@ def event_body(upstream_id="job-1", status="completed", outputs=1, event_type=No
     elif status != "completed":
         data["error"] = "provider said no"
     data.update(extra)
-    envelope = {"type": event_type or f"video.generation.{status}",
-                "created_at": "2026-11-21T10:00:00.000Z", "data": data}
+    envelope = {
+        "type": event_type or f"video.generation.{status}",
+        "created_at": "2026-11-21T10:00:00.000Z",
+        "data": data,
+    }
     return json.dumps(envelope, separators=(",", ":")).encode()
 
 
 def signed(body, secret=WEBHOOK_SECRET, at=None, key="auto", brand="OpenRouter"):
-    headers = {"Content-Type": "application/json",
-               f"X-{brand}-Signature": sign(secret, int(at or time.time()), body)}
+    headers = {
+        "Content-Type": "application/json",
+        f"X-{brand}-Signature": sign(secret, int(at or time.time()), body),
+    }
     if key == "auto":
         parsed = json.loads(body)
         key = f"{parsed['data']['id']}-{parsed['data']['status']}"
@@ -114,8 +129,16 @@ def assert_untouched(db, events=0):
         lambda body, h: signed(body, secret="not-ours"),
         lambda body, h: signed(json.dumps(json.loads(body)).encode()),
     ],
-    ids=["missing", "no-t", "no-v1", "non-numeric-t", "stale", "future", "wrong-secret",
-         "reserialized"],
+    ids=[
+        "missing",
+        "no-t",
+        "no-v1",
+        "non-numeric-t",
+        "stale",
+        "future",
+        "wrong-secret",
+        "reserialized",
+    ],
 )
 def test_bad_signatures_are_401_and_nothing_is_stored(hooks, db, mangle):
     make_job(db)
@@ -160,10 +183,19 @@ def test_twenty_concurrent_duplicates_are_acknowledged_and_applied_once(hook_app
     server = LiveServer(hook_app)
     try:
         with ThreadPoolExecutor(20) as pool:
-            codes = list(pool.map(
-                lambda _: httpx.post(f"{server.url}/webhooks/modelgates/tok-vj_1", content=body,
-                                     headers=signed(body), timeout=30).status_code,
-                range(20)))
+            codes = list(
+                pool.map(
+                    lambda _: (
+                        httpx.post(
+                            f"{server.url}/webhooks/modelgates/tok-vj_1",
+                            content=body,
+                            headers=signed(body),
+                            timeout=30,
+                        ).status_code
+                    ),
+                    range(20),
+                )
+            )
     finally:
         server.stop()
     assert codes == [204] * 20
@@ -189,8 +221,12 @@ def test_completed_after_failed_changes_nothing(hooks, db):
     [
         (event_body(event_type="video.generation.failed"), "disagrees"),
         (event_body(upstream_id=""), "data.id"),
-        (json.dumps({"type": "video.generation.completed",
-                     "data": {"status": "completed"}}).encode(), "data.id"),
+        (
+            json.dumps(
+                {"type": "video.generation.completed", "data": {"status": "completed"}}
+            ).encode(),
+            "data.id",
+        ),
         (event_body(upstream_id="../../etc/passwd"), "data.id"),
         (event_body(upstream_id="job-1\u0000x"), "data.id"),
         (b"this is not json", "not JSON"),
@@ -198,8 +234,17 @@ def test_completed_after_failed_changes_nothing(hooks, db):
         (b"[1,2,3]", "not a JSON object"),
         (json.dumps({"type": "video.generation.completed"}).encode(), "data"),
     ],
-    ids=["type-vs-status", "empty-id", "missing-id", "dotdot-id", "nul-id", "non-json", "empty",
-         "array", "no-data"],
+    ids=[
+        "type-vs-status",
+        "empty-id",
+        "missing-id",
+        "dotdot-id",
+        "nul-id",
+        "non-json",
+        "empty",
+        "array",
+        "no-data",
+    ],
 )
 def test_signed_bodies_that_are_not_the_envelope_are_400_and_kept_as_rejected(
     hooks, db, body, reason
@@ -233,8 +278,9 @@ def test_an_event_for_a_job_we_never_submitted_waits_and_applies_when_it_appears
     assert event["verdict"] == "waiting"
     assert db.job("vj_1")["status"] == "submitting"
     settings = hook_app.extensions["webhook_service"].settings
-    job = submission.record_accepted(db, settings, "vj_1", {"id": "job-late", "status": "pending"},
-                                     time.time())
+    job = submission.record_accepted(
+        db, settings, "vj_1", {"id": "job-late", "status": "pending"}, time.time()
+    )
     assert job["status"] == "completed" and job["upstream_id"] == "job-late"
     assert db.list_events()[0]["verdict"] == "applied"
     assert len(db.outputs(["vj_1"])["vj_1"]) == 1
@@ -272,8 +318,11 @@ def test_bodies_over_256_kib_are_413_without_storing(hook_app, hooks, db):
     assert post(hooks, body, signed(body)).status_code == 413
     server = LiveServer(hook_app)
     try:  # chunked, so no Content-Length announces the size
-        response = httpx.post(f"{server.url}/webhooks/modelgates", headers=signed(body),
-                              content=iter([body[i:i + 65536] for i in range(0, 300_000, 65536)]))
+        response = httpx.post(
+            f"{server.url}/webhooks/modelgates",
+            headers=signed(body),
+            content=iter([body[i : i + 65536] for i in range(0, 300_000, 65536)]),
+        )
     finally:
         server.stop()
     assert response.status_code == 413

@@ -7,8 +7,8 @@ import threading
 import time
 
 import pytest
+from conftest import AUTH
 
-from conftest import AUTH, LiveServer
 from webhook_service import create_app
 from webhook_service.modelgates import ModelGatesClient
 from webhook_service.worker import Worker, poll_delay
@@ -32,10 +32,12 @@ def app(worker_env):
 
 def make_worker(app, **kwargs):
     settings = app.extensions["webhook_service"].settings
-    client = ModelGatesClient(settings.modelgates_base_url, "sandbox-key", timeout=5,
-                              sleep=lambda s: None)
-    return Worker(settings, client, lease_seconds=kwargs.pop("lease_seconds", 30),
-                  rand=lambda: 0.5, **kwargs)
+    client = ModelGatesClient(
+        settings.modelgates_base_url, "sandbox-key", timeout=5, sleep=lambda s: None
+    )
+    return Worker(
+        settings, client, lease_seconds=kwargs.pop("lease_seconds", 30), rand=lambda: 0.5, **kwargs
+    )
 
 
 @pytest.fixture
@@ -94,10 +96,14 @@ def test_when_callbacks_never_arrive_every_job_completes_through_polling(app, sa
     client = app.test_client()
     jobs = [submit(client), submit(client, outputs=2), submit(client, outcome="failed")]
     sandbox.advance(10)
-    drive(worker, lambda: all(
-        job_of(client, j["id"])["status"] in ("completed", "failed")
-        and all(o["status"] == "downloaded" for o in job_of(client, j["id"])["outputs"])
-        for j in jobs))
+    drive(
+        worker,
+        lambda: all(
+            job_of(client, j["id"])["status"] in ("completed", "failed")
+            and all(o["status"] == "downloaded" for o in job_of(client, j["id"])["outputs"])
+            for j in jobs
+        ),
+    )
     done = [job_of(client, j["id"]) for j in jobs]
     assert [j["status"] for j in done] == ["completed", "completed", "failed"]
     assert {j["completion_source"] for j in done} == {"poll"}
@@ -111,8 +117,13 @@ def test_downloaded_video_is_served_with_ranges(app, sandbox, worker):
     client = app.test_client()
     job = submit(client)
     sandbox.advance(10)
-    drive(worker, lambda: job_of(client, job["id"])["outputs"][:1]
-          and job_of(client, job["id"])["outputs"][0]["status"] == "downloaded")
+    drive(
+        worker,
+        lambda: (
+            job_of(client, job["id"])["outputs"][:1]
+            and job_of(client, job["id"])["outputs"][0]["status"] == "downloaded"
+        ),
+    )
     url = f"/api/jobs/{job['id']}/videos/0"
     whole = client.get(url, headers=AUTH)
     assert whole.status_code == 200 and whole.mimetype == "video/mp4"
@@ -173,8 +184,10 @@ def test_callback_and_poll_at_the_same_moment_make_one_transition_and_one_downlo
         thread.start()
     for thread in threads:
         thread.join(30)
-    drive(workers[0], lambda: all(o["status"] == "downloaded"
-                                  for o in job_of(client, job["id"])["outputs"]))
+    drive(
+        workers[0],
+        lambda: all(o["status"] == "downloaded" for o in job_of(client, job["id"])["outputs"]),
+    )
     final = job_of(client, job["id"])
     assert final["status"] == "completed" and len(final["outputs"]) == 2
     assert_downloaded(app, sandbox, final)
@@ -188,8 +201,13 @@ def test_a_download_cut_off_half_way_resumes_with_range(app, sandbox, worker):
     job = submit(client)
     sandbox.advance(10)
     sandbox.add_fault(endpoint="content", status=200, truncate_at=1024 * 1024)
-    drive(worker, lambda: job_of(client, job["id"])["outputs"][:1]
-          and job_of(client, job["id"])["outputs"][0]["status"] == "downloaded")
+    drive(
+        worker,
+        lambda: (
+            job_of(client, job["id"])["outputs"][:1]
+            and job_of(client, job["id"])["outputs"][0]["status"] == "downloaded"
+        ),
+    )
     final = job_of(client, job["id"])
     assert final["outputs"][0]["bytes"] == 3 * 1024 * 1024
     assert_downloaded(app, sandbox, final)
@@ -202,8 +220,13 @@ def test_a_200_answer_to_a_range_request_starts_over(app, sandbox, worker):
     job = submit(client)
     sandbox.advance(10)
     sandbox.add_fault(endpoint="content", status=200, truncate_at=700_000)
-    drive(worker, lambda: job_of(client, job["id"])["outputs"][:1]
-          and job_of(client, job["id"])["outputs"][0]["status"] == "downloaded")
+    drive(
+        worker,
+        lambda: (
+            job_of(client, job["id"])["outputs"][:1]
+            and job_of(client, job["id"])["outputs"][0]["status"] == "downloaded"
+        ),
+    )
     assert_downloaded(app, sandbox, job_of(client, job["id"]))
 
 
@@ -212,8 +235,14 @@ def test_404_on_content_right_after_completion_is_retried(app, sandbox, worker):
     job = submit(client, callback="drop")
     sandbox.advance(10)
     sandbox.add_fault(endpoint="content", status=404, count=2)
-    drive(worker, lambda: job_of(client, job["id"])["outputs"][:1]
-          and job_of(client, job["id"])["outputs"][0]["status"] == "downloaded", step=120)
+    drive(
+        worker,
+        lambda: (
+            job_of(client, job["id"])["outputs"][:1]
+            and job_of(client, job["id"])["outputs"][0]["status"] == "downloaded"
+        ),
+        step=120,
+    )
     assert_downloaded(app, sandbox, job_of(client, job["id"]))
 
 
@@ -227,8 +256,13 @@ def test_an_unwritable_media_dir_is_a_clear_error_and_the_output_stays_pending(
     client = app.test_client()
     job = submit(client, callback="drop")
     sandbox.advance(10)
-    drive(worker, lambda: job_of(client, job["id"])["outputs"][:1]
-          and job_of(client, job["id"])["outputs"][0]["error"])
+    drive(
+        worker,
+        lambda: (
+            job_of(client, job["id"])["outputs"][:1]
+            and job_of(client, job["id"])["outputs"][0]["error"]
+        ),
+    )
     [output] = job_of(client, job["id"])["outputs"]
     assert output["status"] == "pending" and "cannot write to MEDIA_DIR" in output["error"]
     assert output["sha256"] is None
@@ -246,8 +280,7 @@ def test_downloads_give_up_only_after_the_configured_time(worker_env, sandbox):
     worker.run_once(now)  # poll: completed
     worker.run_once(now + 1)  # first failed download
     assert job_of(client, job["id"])["outputs"][0]["status"] == "pending"
-    drive(worker, lambda: job_of(client, job["id"])["outputs"][0]["status"] == "failed",
-          step=300)
+    drive(worker, lambda: job_of(client, job["id"])["outputs"][0]["status"] == "failed", step=300)
     output = job_of(client, job["id"])["outputs"][0]
     assert "gave up" in output["error"]
     assert job_of(client, job["id"])["status"] == "completed"
@@ -261,9 +294,15 @@ def test_two_workers_never_download_the_same_output_twice(app, sandbox):
     stop = time.time() + 20
 
     def loop(worker):
-        while time.time() < stop and not all(
-            o["status"] == "downloaded" for j in jobs for o in job_of(client, j["id"])["outputs"]
-        ) or not all(job_of(client, j["id"])["outputs"] for j in jobs):
+        while (
+            time.time() < stop
+            and not all(
+                o["status"] == "downloaded"
+                for j in jobs
+                for o in job_of(client, j["id"])["outputs"]
+            )
+            or not all(job_of(client, j["id"])["outputs"] for j in jobs)
+        ):
             worker.run_once()
 
     threads = [threading.Thread(target=loop, args=(w,)) for w in workers]
@@ -278,9 +317,7 @@ def test_two_workers_never_download_the_same_output_twice(app, sandbox):
         assert sorted(counts.values()) == [1, 1, 1]
 
 
-def test_an_expired_lease_is_picked_up_by_another_worker_and_the_stale_one_is_fenced(
-    app, sandbox
-):
+def test_an_expired_lease_is_picked_up_by_another_worker_and_the_stale_one_is_fenced(app, sandbox):
     client = app.test_client()
     job = submit(client, callback="drop")
     sandbox.advance(10)
@@ -291,8 +328,9 @@ def test_an_expired_lease_is_picked_up_by_another_worker_and_the_stale_one_is_fe
     # `first` stalls; after its lease runs out `second` claims and finishes the output.
     second.run_once(now + 6)
     assert job_of(client, job["id"])["outputs"][0]["status"] == "downloaded"
-    stale = first.store.finish_output_claim(claim["job_id"], 0, claim["fence"],
-                                            {"status": "pending", "sha256": "0" * 64})
+    stale = first.store.finish_output_claim(
+        claim["job_id"], 0, claim["fence"], {"status": "pending", "sha256": "0" * 64}
+    )
     assert stale is False
     assert_downloaded(app, sandbox, job_of(client, job["id"]))
 

@@ -47,8 +47,12 @@ def migrate() -> None:
 
 @cli.command()
 @click.option("--concurrency", default=4, show_default=True, help="Downloads at once.")
-@click.option("--lease-seconds", default=60.0, show_default=True,
-              help="How long a claim holds before another worker may take the work over.")
+@click.option(
+    "--lease-seconds",
+    default=60.0,
+    show_default=True,
+    help="How long a claim holds before another worker may take the work over.",
+)
 def worker(concurrency: int, lease_seconds: float) -> None:
     """Poll jobs whose callback is overdue and download outputs, until SIGTERM."""
     from . import create_app
@@ -60,8 +64,9 @@ def worker(concurrency: int, lease_seconds: float) -> None:
         found = services()
         if found.settings.modelgates_api_key is None:
             raise ConfigError("MODELGATES_API_KEY is required to run the worker")
-        runner = Worker(found.settings, found.client(), concurrency=concurrency,
-                        lease_seconds=lease_seconds)
+        runner = Worker(
+            found.settings, found.client(), concurrency=concurrency, lease_seconds=lease_seconds
+        )
 
     def stop(signum: int, frame: FrameType | None) -> None:
         runner.stop()
@@ -84,8 +89,12 @@ def events_group() -> None:
 @click.option("--limit", default=50, show_default=True, help="How many, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, with bodies.")
 def list_events(
-    verdict: str | None, job_id: str | None, upstream_id: str | None,
-    since_minutes: float | None, limit: int, as_json: bool,
+    verdict: str | None,
+    job_id: str | None,
+    upstream_id: str | None,
+    since_minutes: float | None,
+    limit: int,
+    as_json: bool,
 ) -> None:
     """List stored webhook events."""
     since = time.time() - since_minutes * 60 if since_minutes is not None else None
@@ -125,15 +134,31 @@ def replay_events(event_ids: tuple[int, ...], verdict: str | None) -> None:
 
 @cli.command("send-test-event")
 @click.argument("url")
-@click.option("--job-id", default="job-test-0001", show_default=True,
-              help="The ModelGates job id the event is about.")
-@click.option("--status", default="completed", show_default=True,
-              type=click.Choice(["completed", "failed", "cancelled", "expired"]))
+@click.option(
+    "--job-id",
+    default="job-test-0001",
+    show_default=True,
+    help="The ModelGates job id the event is about.",
+)
+@click.option(
+    "--status",
+    default="completed",
+    show_default=True,
+    type=click.Choice(["completed", "failed", "cancelled", "expired"]),
+)
 @click.option("--outputs", default=1, show_default=True, help="unsigned_urls to list.")
-@click.option("--secret", envvar="MODELGATES_WEBHOOK_SECRETS",
-              help="Signing secret (default: the first of MODELGATES_WEBHOOK_SECRETS).")
-@click.option("--brand", type=click.Choice(["openrouter", "modelgates"]), default="openrouter",
-              show_default=True, help="Which spelling of the headers to send.")
+@click.option(
+    "--secret",
+    envvar="MODELGATES_WEBHOOK_SECRETS",
+    help="Signing secret (default: the first of MODELGATES_WEBHOOK_SECRETS).",
+)
+@click.option(
+    "--brand",
+    type=click.Choice(["openrouter", "modelgates"]),
+    default="openrouter",
+    show_default=True,
+    help="Which spelling of the headers to send.",
+)
 def send_test_event(
     url: str, job_id: str, status: str, outputs: int, secret: str | None, brand: str
 ) -> None:
@@ -141,23 +166,35 @@ def send_test_event(
     if not secret:
         raise click.UsageError("give --secret or set MODELGATES_WEBHOOK_SECRETS")
     secret = secret.split(",")[0].strip()
-    data: dict[str, object] = {"id": job_id, "status": status, "generation_id": None,
-                               "model": "google/veo-3.1"}
+    data: dict[str, object] = {
+        "id": job_id,
+        "status": status,
+        "generation_id": None,
+        "model": "google/veo-3.1",
+    }
     if status == "completed":
         data["unsigned_urls"] = [
-            f"https://modelgates.ai/api/v1/videos/{job_id}/content?index={n}" for n in range(outputs)
+            f"https://modelgates.ai/api/v1/videos/{job_id}/content?index={n}"
+            for n in range(outputs)
         ]
         data["usage"] = {"cost": 0.0, "is_byok": False}
     else:
         data["error"] = f"test event: job {status}"
     now = datetime.now(UTC)
-    body = json.dumps({"type": f"video.generation.{status}",
-                       "created_at": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                       "data": data}, separators=(",", ":")).encode()
+    body = json.dumps(
+        {
+            "type": f"video.generation.{status}",
+            "created_at": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "data": data,
+        },
+        separators=(",", ":"),
+    ).encode()
     prefix = "X-OpenRouter" if brand == "openrouter" else "X-ModelGates"
-    headers = {"Content-Type": "application/json",
-               f"{prefix}-Signature": sign(secret, int(now.timestamp()), body),
-               f"{prefix}-Idempotency-Key": f"{job_id}-{status}"}
+    headers = {
+        "Content-Type": "application/json",
+        f"{prefix}-Signature": sign(secret, int(now.timestamp()), body),
+        f"{prefix}-Idempotency-Key": f"{job_id}-{status}",
+    }
     try:
         response = httpx.post(url, content=body, headers=headers, timeout=10)
     except httpx.HTTPError as error:

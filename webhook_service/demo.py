@@ -104,8 +104,13 @@ class Processes:
 
     def start(self, name: str, command: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
-        process = subprocess.Popen(["bash", "-c", command], env=env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            ["bash", "-c", command],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.running[name] = process
         return process
 
@@ -153,29 +158,54 @@ def run(keep: bool, echo: Callable[[str], None] = print) -> int:
     processes = Processes(home)
     echo(f"demo: instance folder {home}")
     try:
-        processes.start("sandbox", shlex.join([
-            sys.executable, "-m", "webhook_service.cli", "sandbox", "--port", str(sandbox_port),
-            "--api-key", API_KEY, "--webhook-secret", WEBHOOK_SECRET,
-            "--pending-seconds", "1", "--in-progress-seconds", "2"]), env)
+        processes.start(
+            "sandbox",
+            shlex.join(
+                [
+                    sys.executable,
+                    "-m",
+                    "webhook_service.cli",
+                    "sandbox",
+                    "--port",
+                    str(sandbox_port),
+                    "--api-key",
+                    API_KEY,
+                    "--webhook-secret",
+                    WEBHOOK_SECRET,
+                    "--pending-seconds",
+                    "1",
+                    "--in-progress-seconds",
+                    "2",
+                ]
+            ),
+            env,
+        )
         if "release" in procfile:
-            release = subprocess.run(["bash", "-c", procfile["release"]], env=env,
-                                     capture_output=True, text=True)
+            release = subprocess.run(
+                ["bash", "-c", procfile["release"]], env=env, capture_output=True, text=True
+            )
             if release.returncode:
                 raise DemoFailed(f"release step failed: {release.stderr.strip()}")
         processes.start("web", procfile["web"], env)
         processes.start("worker", procfile["worker"], env)
-        wait_for(lambda: httpx.get(f"{sandbox_url}/_sandbox/stats").is_success, 20,
-                 "the sandbox did not start")
+        wait_for(
+            lambda: httpx.get(f"{sandbox_url}/_sandbox/stats").is_success,
+            20,
+            "the sandbox did not start",
+        )
         wait_for(lambda: httpx.get(f"{web_url}/healthz").is_success, 30, "web did not start")
         echo(f"demo: sandbox {sandbox_url}, web {web_url}, worker running; submitting jobs")
-        with httpx.Client(base_url=web_url, timeout=30,
-                          headers={"Authorization": f"Bearer {API_TOKEN}"}) as api:
+        with httpx.Client(
+            base_url=web_url, timeout=30, headers={"Authorization": f"Bearer {API_TOKEN}"}
+        ) as api:
             _submit_all(api, echo)
             _follow(api, echo)
             failures = _check(api, httpx.Client(base_url=sandbox_url), home, echo)
         if keep:
-            echo(f"\ndemo: still running. API {web_url}/api/jobs (Bearer {API_TOKEN}), "
-                 f"sandbox {sandbox_url}/_sandbox/jobs, logs in {home}. Ctrl-C stops.")
+            echo(
+                f"\ndemo: still running. API {web_url}/api/jobs (Bearer {API_TOKEN}), "
+                f"sandbox {sandbox_url}/_sandbox/jobs, logs in {home}. Ctrl-C stops."
+            )
             _wait_for_interrupt()
         took = processes.stop()
         slow = [name for name, seconds in took.items() if seconds > STOP_SECONDS]
@@ -194,15 +224,22 @@ def run(keep: bool, echo: Callable[[str], None] = print) -> int:
 
 def _submit_all(api: httpx.Client, echo: Callable[[str], None]) -> None:
     for scenario in SCENARIOS:
-        body = {"model": "sandbox/tiny", "prompt": f"demo: {scenario.name}", "duration": 2,
-                "resolution": "480p", "aspect_ratio": "16:9"}
+        body = {
+            "model": "sandbox/tiny",
+            "prompt": f"demo: {scenario.name}",
+            "duration": 2,
+            "resolution": "480p",
+            "aspect_ratio": "16:9",
+        }
         if scenario.sandbox:
             body["provider"] = {"options": {"sandbox": {"parameters": scenario.sandbox}}}
-        response = api.post("/api/jobs", json=body,
-                            headers={"Idempotency-Key": f"demo-{scenario.name}"})
+        response = api.post(
+            "/api/jobs", json=body, headers={"Idempotency-Key": f"demo-{scenario.name}"}
+        )
         if response.status_code != 202:
-            raise DemoFailed(f"submit of '{scenario.name}' answered {response.status_code}: "
-                             f"{response.text}")
+            raise DemoFailed(
+                f"submit of '{scenario.name}' answered {response.status_code}: {response.text}"
+            )
         scenario.job = response.json()
         echo(f"  submitted {scenario.job['id']}  {scenario.name}")
 
@@ -221,7 +258,8 @@ def _follow(api: httpx.Client, echo: Callable[[str], None], seconds: float = 90)
                 shown[job["id"]] = line
                 echo(f"  {time.strftime('%H:%M:%S')} {scenario.name:<20} {line}")
             done = job["status"] in TERMINAL and all(
-                o["status"] in ("downloaded", "failed") for o in job["outputs"])
+                o["status"] in ("downloaded", "failed") for o in job["outputs"]
+            )
             if job["status"] == "completed" and not job["outputs"]:
                 done = False
             settled &= done
@@ -235,17 +273,22 @@ def _check(
     api: httpx.Client, sandbox: httpx.Client, home: Path, echo: Callable[[str], None]
 ) -> list[str]:
     failures = []
-    echo(f"\n{'job':<28} {'scenario':<19} {'status':<10} {'source':<9} {'idx':>3} "
-         f"{'bytes':>8}  {'sha256':<16}  file")
+    echo(
+        f"\n{'job':<28} {'scenario':<19} {'status':<10} {'source':<9} {'idx':>3} "
+        f"{'bytes':>8}  {'sha256':<16}  file"
+    )
     for scenario in SCENARIOS:
         job = scenario.job
         if (job["status"], job["completion_source"], len(job["outputs"])) != (
-            scenario.status, scenario.source, scenario.outputs
+            scenario.status,
+            scenario.source,
+            scenario.outputs,
         ):
             failures.append(
                 f"{scenario.name}: {job['status']}/{job['completion_source']}/"
                 f"{len(job['outputs'])} outputs, expected {scenario.status}/{scenario.source}/"
-                f"{scenario.outputs}")
+                f"{scenario.outputs}"
+            )
         upstream = sandbox.get(f"/_sandbox/jobs/{job['upstream_id']}").json()
         served = {o["index"]: o["sha256"] for o in upstream.get("outputs", [])}
         rows = job["outputs"] or [None]
@@ -258,12 +301,16 @@ def _check(
                 if output["status"] != "downloaded" or digest != output["sha256"]:
                     failures.append(f"{scenario.name}: video {output['index']} not intact")
                 elif served.get(output["index"]) != digest:
-                    failures.append(f"{scenario.name}: video {output['index']} differs from "
-                                    "what the sandbox served")
-            echo(f"{job['id']:<28} {scenario.name:<19} {job['status']:<10} "
-                 f"{job['completion_source'] or '-':<9} "
-                 f"{'-' if output is None else output['index']:>3} "
-                 f"{'-' if output is None else output['bytes']:>8}  {digest[:16]:<16}  {path}")
+                    failures.append(
+                        f"{scenario.name}: video {output['index']} differs from "
+                        "what the sandbox served"
+                    )
+            echo(
+                f"{job['id']:<28} {scenario.name:<19} {job['status']:<10} "
+                f"{job['completion_source'] or '-':<9} "
+                f"{'-' if output is None else output['index']:>3} "
+                f"{'-' if output is None else output['bytes']:>8}  {digest[:16]:<16}  {path}"
+            )
     return failures
 
 

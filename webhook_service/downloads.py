@@ -62,9 +62,7 @@ def fetch(
             raise
         if expected_total is not None and target.size != expected_total:
             if resume == RESUMES_PER_ATTEMPT:
-                raise BodyMismatch(
-                    f"body ended at {target.size} of {expected_total} bytes"
-                )
+                raise BodyMismatch(f"body ended at {target.size} of {expected_total} bytes")
             continue
         return
 

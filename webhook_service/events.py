@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import jobs
-from .signatures import IDEMPOTENCY_HEADERS, header_value
+from .signatures import IDEMPOTENCY_HEADERS, Headers, header_value
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def parse_envelope(body: bytes) -> Envelope:
     return Envelope(event_type, upstream_id, status, data)
 
 
-def dedup_key(body: bytes, headers: Mapping[str, str]) -> str:
+def dedup_key(body: bytes, headers: Headers) -> str:
     """Return the key that makes a redelivery a duplicate."""
     key = header_value(headers, IDEMPOTENCY_HEADERS)
     if key:
@@ -110,13 +110,17 @@ def dedup_key(body: bytes, headers: Mapping[str, str]) -> str:
 def receive(
     store: Store,
     body: bytes,
-    headers: Mapping[str, str],
+    headers: Headers,
     token: str | None,
     signed_at: int,
     now: float,
+    source: Mapping[str, str | None] | None = None,
 ) -> Receipt:
-    """Store a verified delivery and apply it; all committed before returning."""
-    kept = {name: headers[name] for name in KEPT_HEADERS if headers.get(name) is not None}
+    """Store a verified delivery and apply it; all committed before returning.
+
+    ``source`` may give ``remote_addr`` and ``url`` as the service saw them.
+    """
+    kept = {name: value for name in KEPT_HEADERS if (value := headers.get(name)) is not None}
     row: dict[str, Any] = {
         "idempotency_key": header_value(headers, IDEMPOTENCY_HEADERS),
         "callback_token": token,
@@ -124,6 +128,8 @@ def receive(
         "headers": json.dumps(kept, sort_keys=True),
         "signed_at": signed_at,
         "received_at": now,
+        "remote_addr": (source or {}).get("remote_addr"),
+        "url": (source or {}).get("url"),
     }
     try:
         envelope = parse_envelope(body)
@@ -149,8 +155,11 @@ def receive(
         verdict, job_id = apply_event(store, envelope, token, now)
         store.update_event(
             event_id,
-            {"verdict": verdict, "job_id": job_id,
-             "applied_at": now if verdict in PROCESSED else None},
+            {
+                "verdict": verdict,
+                "job_id": job_id,
+                "applied_at": now if verdict in PROCESSED else None,
+            },
         )
         return Receipt(event_id, verdict)
 
@@ -201,8 +210,11 @@ def apply_waiting(store: Store, job_id: str, now: float) -> int:
         if verdict != "waiting":
             store.update_event(
                 event["id"],
-                {"verdict": verdict, "job_id": placed,
-                 "applied_at": now if verdict in PROCESSED else None},
+                {
+                    "verdict": verdict,
+                    "job_id": placed,
+                    "applied_at": now if verdict in PROCESSED else None,
+                },
             )
             applied += verdict in PROCESSED
     return applied
@@ -222,7 +234,11 @@ def replay(store: Store, event_id: int, now: float) -> str:
         verdict, job_id = apply_event(store, envelope, event["callback_token"], now)
         store.update_event(
             event_id,
-            {"verdict": verdict, "job_id": job_id, "reason": None,
-             "applied_at": now if verdict in PROCESSED else None},
+            {
+                "verdict": verdict,
+                "job_id": job_id,
+                "reason": None,
+                "applied_at": now if verdict in PROCESSED else None,
+            },
         )
     return verdict

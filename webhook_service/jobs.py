@@ -54,7 +54,9 @@ class Observation:
             source=source,
             upstream_id=str(data["id"]) if data.get("id") else None,
             generation_id=str(generation_id) if generation_id else None,
-            cost=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+            cost=float(cost)
+            if isinstance(cost, int | float) and not isinstance(cost, bool)
+            else None,
             error=str(error) if error else None,
             output_count=len(urls) if isinstance(urls, list) else None,
         )

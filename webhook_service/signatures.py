@@ -11,11 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
+from typing import Protocol
 
 SIGNATURE_HEADERS = ("X-OpenRouter-Signature", "X-ModelGates-Signature")
 IDEMPOTENCY_HEADERS = ("X-OpenRouter-Idempotency-Key", "X-ModelGates-Idempotency-Key")
 TOLERANCE_SECONDS = 300
+
+
+class Headers(Protocol):
+    """Anything with a case-insensitive ``get``, such as werkzeug's or httpx's headers."""
+
+    def get(self, key: str, /) -> str | None: ...
 
 
 class SignatureError(Exception):
@@ -32,7 +39,7 @@ def _digest(secret: str, timestamp: int | str, body: bytes) -> str:
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
-def header_value(headers: Mapping[str, str], names: Iterable[str]) -> str | None:
+def header_value(headers: Headers, names: Iterable[str]) -> str | None:
     """Return the first of ``names`` present in ``headers`` (case-insensitive)."""
     for name in names:
         value = headers.get(name)
@@ -43,7 +50,7 @@ def header_value(headers: Mapping[str, str], names: Iterable[str]) -> str | None
 
 def verify(
     body: bytes,
-    headers: Mapping[str, str],
+    headers: Headers,
     secrets: Iterable[str],
     now: float,
     tolerance: int = TOLERANCE_SECONDS,

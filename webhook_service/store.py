@@ -144,6 +144,8 @@ def m001_initial(db: sqlite_utils.Database) -> None:
             reason TEXT,
             body BLOB NOT NULL,
             headers TEXT NOT NULL,
+            remote_addr TEXT,
+            url TEXT,
             signed_at INTEGER,
             received_at REAL NOT NULL,
             applied_at REAL
@@ -234,7 +236,9 @@ class Store:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         conn = sqlite3.connect(
-            str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+            str(self.path),
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,
             check_same_thread=False,
         )
         conn.row_factory = sqlite3.Row
@@ -339,7 +343,8 @@ class Store:
         self, status: str | None, limit: int, before_seq: int | None
     ) -> list[dict[str, Any]]:
         """Return jobs newest first, optionally filtered, older than ``before_seq``."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if status is not None:
             where.append("status = ?")
             params.append(status)
@@ -347,9 +352,7 @@ class Store:
             where.append("seq < ?")
             params.append(before_seq)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        return self._all(
-            f"SELECT * FROM jobs {clause} ORDER BY seq DESC LIMIT ?", [*params, limit]
-        )
+        return self._all(f"SELECT * FROM jobs {clause} ORDER BY seq DESC LIMIT ?", [*params, limit])
 
     def count_jobs_by_status(self) -> dict[str, int]:
         """Return how many jobs are in each status."""
@@ -430,8 +433,13 @@ class Store:
         limit: int = 50,
     ) -> list[dict[str, Any]]:
         """Return stored events newest first, filtered."""
-        where, params = [], []
-        for column, value in (("verdict", verdict), ("job_id", job_id), ("upstream_id", upstream_id)):
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("verdict", verdict),
+            ("job_id", job_id),
+            ("upstream_id", upstream_id),
+        ):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
@@ -439,7 +447,9 @@ class Store:
             where.append("received_at >= ?")
             params.append(since)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        return self._all(f"SELECT * FROM events {clause} ORDER BY id DESC LIMIT ?", [*params, limit])
+        return self._all(
+            f"SELECT * FROM events {clause} ORDER BY id DESC LIMIT ?", [*params, limit]
+        )
 
     def count_events(self) -> int:
         """Return how many events are stored."""
@@ -447,7 +457,9 @@ class Store:
 
     # Work claiming (worker) ---------------------------------------------------
 
-    def claim_due_jobs(self, owner: str, now: float, until: float, limit: int) -> list[dict[str, Any]]:
+    def claim_due_jobs(
+        self, owner: str, now: float, until: float, limit: int
+    ) -> list[dict[str, Any]]:
         """Lease up to ``limit`` jobs whose poll is due; each claim bumps the job's fence."""
         return self._claim("jobs", "id", "next_poll_at", owner, now, until, limit)
 

@@ -197,8 +197,12 @@ def _record_ambiguous(
         assert job is not None
         store.update_job(
             job_id,
-            {"submit_outcome": "ambiguous", "error": error, "updated_at": now,
-             "next_poll_at": job["created_at"] + settings.submit_timeout_seconds},
+            {
+                "submit_outcome": "ambiguous",
+                "error": error,
+                "updated_at": now,
+                "next_poll_at": job["created_at"] + settings.submit_timeout_seconds,
+            },
         )
 
 
@@ -224,16 +228,23 @@ def _record_failure(
         if error.sent:
             return UpstreamError(
                 "ModelGates did not answer in time; the job may still have been created.",
-                details, error_code="upstream_timeout",
+                details,
+                error_code="upstream_timeout",
             )
-        return UpstreamError("ModelGates could not be reached.", details,
-                             error_code="upstream_unreachable")
+        return UpstreamError(
+            "ModelGates could not be reached.", details, error_code="upstream_unreachable"
+        )
     assert isinstance(error, APIError)
     message = error.message
     if isinstance(error, RateLimited):
         retry_after = str(int(error.retry_after or DEFAULT_RETRY_AFTER))
-        return ServiceError(message, details, status=503, error_code="upstream_rate_limited",
-                            headers={"Retry-After": retry_after})
+        return ServiceError(
+            message,
+            details,
+            status=503,
+            error_code="upstream_rate_limited",
+            headers={"Retry-After": retry_after},
+        )
     mapped: dict[int, ServiceError] = {
         400: ValidationError(message, details, error_code="upstream_rejected"),
         404: ValidationError(message, details, error_code="unknown_model"),

@@ -41,7 +41,10 @@ IDLE_SECONDS = 0.5
 
 
 def poll_delay(
-    polls: int, base: float, rand: Callable[[], float], retry_after: float | None = None,
+    polls: int,
+    base: float,
+    rand: Callable[[], float],
+    retry_after: float | None = None,
     cap: float = POLL_CAP_SECONDS,
 ) -> float:
     """Seconds until the next poll: doubling from ``base`` to ``cap``, ±20 % jitter."""
@@ -150,7 +153,9 @@ class Worker:
                 not_found = job["poll_not_found"] + 1
                 if not_found >= NOT_FOUND_LIMIT:
                     seen = jobs.Observation(
-                        "failed", "poll", error=f"ModelGates does not know job "
+                        "failed",
+                        "poll",
+                        error=f"ModelGates does not know job "
                         f"{job['upstream_id']} (404 on {not_found} polls)",
                     )
         except ModelGatesError as error:
@@ -168,12 +173,17 @@ class Worker:
             settled = jobs.is_terminal(fresh["status"]) and (
                 fresh["status"] != jobs.COMPLETED or fresh["outputs_known"]
             )
-            delay = poll_delay(job["polls"], self.settings.poll_interval_seconds, self.rand,
-                               retry_after)
+            delay = poll_delay(
+                job["polls"], self.settings.poll_interval_seconds, self.rand, retry_after
+            )
             self.store.finish_job_claim(
-                job["id"], job["fence"],
-                {"next_poll_at": None if settled else now + delay, "polls": job["polls"] + 1,
-                 "poll_not_found": not_found},
+                job["id"],
+                job["fence"],
+                {
+                    "next_poll_at": None if settled else now + delay,
+                    "polls": job["polls"] + 1,
+                    "poll_not_found": not_found,
+                },
             )
 
     def _settle_submit(self, job: dict[str, Any], now: float) -> dict[str, Any]:
@@ -187,8 +197,12 @@ class Worker:
                 now,
             )
         if job["submit_outcome"] is None and now >= in_flight_deadline(self.settings, job):
-            return {"submit_outcome": "ambiguous", "updated_at": now, "next_poll_at": deadline,
-                    "error": "the submitting process stopped before upstream answered"}
+            return {
+                "submit_outcome": "ambiguous",
+                "updated_at": now,
+                "next_poll_at": deadline,
+                "error": "the submitting process stopped before upstream answered",
+            }
         return {"next_poll_at": min(deadline, max(now, in_flight_deadline(self.settings, job)))}
 
     # Downloads ------------------------------------------------------------------
@@ -214,12 +228,16 @@ class Worker:
                 return False
             if self.clock() - renewed[0] > self.lease_seconds / 3:
                 renewed[0] = self.clock()
-                return store.renew_output_lease(job_id, index, fence, renewed[0] + self.lease_seconds)
+                return store.renew_output_lease(
+                    job_id, index, fence, renewed[0] + self.lease_seconds
+                )
             return True
 
         try:
             fetch(self.client, job["upstream_id"], index, target, keep_going)
-            if not store.renew_output_lease(job_id, index, fence, self.clock() + self.lease_seconds):
+            if not store.renew_output_lease(
+                job_id, index, fence, self.clock() + self.lease_seconds
+            ):
                 raise DownloadAborted("claim lost before commit")
             target.commit()
         except DownloadAborted:
@@ -233,30 +251,54 @@ class Worker:
             return
         now = self.clock()
         store.finish_output_claim(
-            job_id, index, fence,
-            {"status": "downloaded", "bytes": target.size, "sha256": target.sha256,
-             "file_name": str(final.relative_to(self.settings.media_dir)), "error": None,
-             "next_attempt_at": None, "updated_at": now},
+            job_id,
+            index,
+            fence,
+            {
+                "status": "downloaded",
+                "bytes": target.size,
+                "sha256": target.sha256,
+                "file_name": str(final.relative_to(self.settings.media_dir)),
+                "error": None,
+                "next_attempt_at": None,
+                "updated_at": now,
+            },
         )
         log.info("downloaded %s/%s: %d bytes sha256 %s", job_id, index, target.size, target.sha256)
 
     def _failed_attempt(self, output: dict[str, Any], error: str, expired: bool = False) -> None:
         now = self.clock()
         since = output["failing_since"] or now
+        changes: dict[str, Any]
         if expired:
-            changes = {"status": "failed", "error": f"the job expired upstream: {error}",
-                       "next_attempt_at": None}
+            changes = {
+                "status": "failed",
+                "error": f"the job expired upstream: {error}",
+                "next_attempt_at": None,
+            }
         elif now - since >= self.settings.download_give_up_seconds:
-            changes = {"status": "failed", "next_attempt_at": None,
-                       "error": f"gave up after DOWNLOAD_GIVE_UP_SECONDS: {error}"}
+            changes = {
+                "status": "failed",
+                "next_attempt_at": None,
+                "error": f"gave up after DOWNLOAD_GIVE_UP_SECONDS: {error}",
+            }
         else:
-            changes = {"status": "pending", "error": error,
-                       "next_attempt_at": now + download_delay(output["attempts"], self.rand)}
+            changes = {
+                "status": "pending",
+                "error": error,
+                "next_attempt_at": now + download_delay(output["attempts"], self.rand),
+            }
         log.warning("download %s/%s failed: %s", output["job_id"], output["idx"], error)
         self.store.finish_output_claim(
-            output["job_id"], output["idx"], output["fence"],
-            {**changes, "attempts": output["attempts"] + 1, "failing_since": since,
-             "updated_at": now},
+            output["job_id"],
+            output["idx"],
+            output["fence"],
+            {
+                **changes,
+                "attempts": output["attempts"] + 1,
+                "failing_since": since,
+                "updated_at": now,
+            },
         )
 
     def _expired_upstream(self, job: dict[str, Any]) -> bool:

@@ -199,11 +199,13 @@ def get_video(job_id: str, index: int) -> Response:
             raise NotFound(f"Job {job_id} has no video {index}.")
         raise Conflict("The job's outputs are not known yet.", error_code="not_ready")
     if output["status"] != "downloaded":
-        raise Conflict(f"Video {index} is {output['status']}, not downloaded yet.",
-                       error_code="not_ready")
+        raise Conflict(
+            f"Video {index} is {output['status']}, not downloaded yet.", error_code="not_ready"
+        )
     path = media.output_path(context.settings().media_dir, job_id, index)
-    response = send_file(path, mimetype="video/mp4", conditional=True, etag=output["sha256"],
-                         max_age=3600)
+    response = send_file(
+        path, mimetype="video/mp4", conditional=True, etag=output["sha256"], max_age=3600
+    )
     response.headers["Accept-Ranges"] = "bytes"
     return response
 
@@ -222,8 +224,8 @@ def list_models() -> Response:
 def _iso(value: float | None) -> str | None:
     if value is None:
         return None
-    return datetime.fromtimestamp(value, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
+    return (
+        datetime.fromtimestamp(value, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     )
 
 

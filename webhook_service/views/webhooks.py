@@ -36,10 +36,13 @@ def receive(token: str | None = None) -> Response:
         signed_at = verify(body, request.headers, secrets, now)
     except SignatureError as error:
         return error_response(401, "invalid_signature", f"Signature rejected: {error}.")
-    receipt = events.receive(context.store(), body, request.headers, token, signed_at, now)
+    source = {"remote_addr": request.remote_addr, "url": request.url}
+    receipt = events.receive(context.store(), body, request.headers, token, signed_at, now, source)
     if receipt.verdict == "rejected":
         return error_response(
-            400, "invalid_event", f"Not a ModelGates event: {receipt.reason}.",
+            400,
+            "invalid_event",
+            f"Not a ModelGates event: {receipt.reason}.",
             {"event_id": receipt.event_id} if receipt.event_id else None,
         )
     return Response(status=204)
