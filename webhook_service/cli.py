@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -73,7 +74,8 @@ def worker(concurrency: int, lease_seconds: float) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    runner.run()
+    if not runner.run():
+        os._exit(0)  # a download thread is stuck in a read; its claim is already released
 
 
 @cli.group("events")

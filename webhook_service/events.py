@@ -183,12 +183,15 @@ def apply_event(
     """Apply one parsed event to its job; return (verdict, job id)."""
     if not envelope.known:
         return "ignored", None
+    by_upstream_id = store.job_by_upstream_id(envelope.upstream_id)
     job = store.job_by_callback_token(token) if token else None
     if job is None:
-        job = store.job_by_upstream_id(envelope.upstream_id)
+        job = by_upstream_id
     if job is None:
         return "waiting", None
-    if job["upstream_id"] and job["upstream_id"] != envelope.upstream_id:
+    if by_upstream_id is not None and by_upstream_id["id"] != job["id"] or (
+        job["upstream_id"] and job["upstream_id"] != envelope.upstream_id
+    ):
         log.warning("event for %s arrived on the URL of job %s", envelope.upstream_id, job["id"])
         return "mismatch", job["id"]
     seen = jobs.Observation.from_upstream(envelope.data, "callback")

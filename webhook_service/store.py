@@ -490,14 +490,16 @@ class Store:
     def finish_job_claim(self, job_id: str, fence: int, changes: Mapping[str, Any]) -> bool:
         """Release a poll claim, setting ``changes``; False when the claim was lost."""
         released = {**changes, "lease_owner": None, "lease_expires_at": None}
-        return self._update("jobs", "id = ? AND fence = ?", [job_id, fence], released) == 1
+        with self.transaction():
+            return self._update("jobs", "id = ? AND fence = ?", [job_id, fence], released) == 1
 
     def finish_output_claim(
         self, job_id: str, index: int, fence: int, changes: Mapping[str, Any]
     ) -> bool:
         """Release a download claim, setting ``changes``; False when the claim was lost."""
         released = {**changes, "lease_owner": None, "lease_expires_at": None}
-        return self.update_output(job_id, index, released, fence)
+        with self.transaction():
+            return self.update_output(job_id, index, released, fence)
 
     def next_due_at(self) -> float | None:
         """Return the earliest time any poll or download is due."""

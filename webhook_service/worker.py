@@ -38,6 +38,7 @@ DOWNLOAD_CAP_SECONDS = 600.0
 NOT_FOUND_LIMIT = 3
 POLLS_PER_ROUND = 50
 IDLE_SECONDS = 0.5
+SHUTDOWN_GRACE_SECONDS = 7.0
 
 
 def poll_delay(
@@ -84,7 +85,7 @@ class Worker:
         self.stopping = threading.Event()
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="download")
-        self._in_flight: set[Future[None]] = set()
+        self._in_flight: dict[Future[None], dict[str, Any]] = {}
 
     @property
     def store(self) -> Store:
@@ -104,21 +105,26 @@ class Worker:
                 self.store.finish_job_claim(job["id"], job["fence"], {})
                 continue
             self._poll(job, now)
-        self._in_flight = {future for future in self._in_flight if not future.done()}
+        self._in_flight = {f: o for f, o in self._in_flight.items() if not f.done()}
         free = self.concurrency - len(self._in_flight)
         outputs = []
         if free > 0 and not self.stopping.is_set():
             outputs = self.store.claim_due_outputs(self.owner, now, until, free)
             for output in outputs:
-                self._in_flight.add(self._pool.submit(self._download, output))
+                self._in_flight[self._pool.submit(self._download, output)] = output
         if wait:
             for future in wait_for(self._in_flight).done:
                 future.result()
             self._in_flight.clear()
         return len(claimed) + len(outputs)
 
-    def run(self) -> None:
-        """Work until `stop` is called, then abandon in-flight downloads cleanly."""
+    def run(self) -> bool:
+        """Work until `stop` is called; return False if a download would not let go.
+
+        In-flight downloads notice the stop between chunks, delete their temporary
+        file and release their claim.  One stuck in a read past the grace period has
+        its claim released here, so another worker can take it at once.
+        """
         log.info("worker %s started", self.owner)
         while not self.stopping.is_set():
             try:
@@ -128,8 +134,15 @@ class Worker:
                 busy = 0
             if not busy:
                 self.stopping.wait(IDLE_SECONDS)
-        self._pool.shutdown(wait=True)
-        log.info("worker %s stopped", self.owner)
+        stuck = wait_for(self._in_flight, timeout=SHUTDOWN_GRACE_SECONDS).not_done
+        for future in stuck:
+            output = self._in_flight[future]
+            self.store.finish_output_claim(
+                output["job_id"], output["idx"], output["fence"], {"status": "pending"}
+            )
+        self._pool.shutdown(wait=not stuck, cancel_futures=True)
+        log.info("worker %s stopped%s", self.owner, f", abandoning {len(stuck)}" if stuck else "")
+        return not stuck
 
     def stop(self) -> None:
         """Stop claiming; in-flight downloads release their claims and return."""
@@ -220,7 +233,8 @@ class Worker:
             log.error("cannot write %s: %s", final, error)
             self._failed_attempt(output, f"cannot write to MEDIA_DIR: {error}")
             return
-        store.update_output(job_id, index, {"status": "downloading"}, fence)
+        with store.transaction():
+            store.update_output(job_id, index, {"status": "downloading"}, fence)
         renewed = [self.clock()]
 
         def keep_going() -> bool:
