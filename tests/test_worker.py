@@ -21,13 +21,9 @@ def sandbox_options(**parameters):
 
 
 @pytest.fixture
-def worker_env(env):
+def env(env):
+    """Poll as soon as a job is submitted, so tests need not wait."""
     return {**env, "POLL_AFTER_SECONDS": "0", "POLL_INTERVAL_SECONDS": "1"}
-
-
-@pytest.fixture
-def app(worker_env):
-    return create_app({**worker_env, "TESTING": True})
 
 
 def make_worker(app, **kwargs):
@@ -58,10 +54,17 @@ def job_of(client, job_id):
     return client.get(f"/api/jobs/{job_id}", headers=AUTH).get_json()
 
 
+def all_downloaded(client, job_id, count=1):
+    outputs = job_of(client, job_id)["outputs"]
+    return len(outputs) == count and all(o["status"] == "downloaded" for o in outputs)
+
+
 def drive(worker, until, rounds=30, step=None):
-    """Run worker rounds (moving the clock by ``step`` each time) until ``until()``."""
+    """Run worker rounds (moving its clock by ``step`` each time) until ``until()``."""
     now = time.time()
     for _ in range(rounds):
+        if step is not None:
+            worker.clock = lambda at=now: at
         worker.run_once(now)
         if until():
             return
@@ -87,7 +90,8 @@ def test_poll_delay_backs_off_with_jitter_to_a_cap_and_honours_retry_after():
     assert poll_delay(0, 30, lambda: 0.5) == 30
     assert poll_delay(1, 30, lambda: 0.5) == 60
     assert poll_delay(10, 30, lambda: 0.5) == 300
-    assert 24 <= poll_delay(0, 30, lambda: 0.0) <= poll_delay(0, 30, lambda: 1.0) <= 36
+    assert poll_delay(0, 30, lambda: 0.0) == pytest.approx(24)
+    assert poll_delay(0, 30, lambda: 1.0) == pytest.approx(36)
     assert poll_delay(0, 30, lambda: 0.5, retry_after=90) == 90
 
 
@@ -99,9 +103,10 @@ def test_when_callbacks_never_arrive_every_job_completes_through_polling(app, sa
     drive(
         worker,
         lambda: all(
-            job_of(client, j["id"])["status"] in ("completed", "failed")
-            and all(o["status"] == "downloaded" for o in job_of(client, j["id"])["outputs"])
-            for j in jobs
+            all_downloaded(client, j["id"], count)
+            if count
+            else job_of(client, j["id"])["status"] == "failed"
+            for j, count in zip(jobs, [1, 2, 0], strict=True)
         ),
     )
     done = [job_of(client, j["id"]) for j in jobs]
@@ -119,10 +124,7 @@ def test_downloaded_video_is_served_with_ranges(app, sandbox, worker):
     sandbox.advance(10)
     drive(
         worker,
-        lambda: (
-            job_of(client, job["id"])["outputs"][:1]
-            and job_of(client, job["id"])["outputs"][0]["status"] == "downloaded"
-        ),
+        lambda: all_downloaded(client, job["id"]),
     )
     url = f"/api/jobs/{job['id']}/videos/0"
     whole = client.get(url, headers=AUTH)
@@ -186,7 +188,7 @@ def test_callback_and_poll_at_the_same_moment_make_one_transition_and_one_downlo
         thread.join(30)
     drive(
         workers[0],
-        lambda: all(o["status"] == "downloaded" for o in job_of(client, job["id"])["outputs"]),
+        lambda: all_downloaded(client, job["id"], 2),
     )
     final = job_of(client, job["id"])
     assert final["status"] == "completed" and len(final["outputs"]) == 2
@@ -203,10 +205,7 @@ def test_a_download_cut_off_half_way_resumes_with_range(app, sandbox, worker):
     sandbox.add_fault(endpoint="content", status=200, truncate_at=1024 * 1024)
     drive(
         worker,
-        lambda: (
-            job_of(client, job["id"])["outputs"][:1]
-            and job_of(client, job["id"])["outputs"][0]["status"] == "downloaded"
-        ),
+        lambda: all_downloaded(client, job["id"]),
     )
     final = job_of(client, job["id"])
     assert final["outputs"][0]["bytes"] == 3 * 1024 * 1024
@@ -222,10 +221,7 @@ def test_a_200_answer_to_a_range_request_starts_over(app, sandbox, worker):
     sandbox.add_fault(endpoint="content", status=200, truncate_at=700_000)
     drive(
         worker,
-        lambda: (
-            job_of(client, job["id"])["outputs"][:1]
-            and job_of(client, job["id"])["outputs"][0]["status"] == "downloaded"
-        ),
+        lambda: all_downloaded(client, job["id"]),
     )
     assert_downloaded(app, sandbox, job_of(client, job["id"]))
 
@@ -237,21 +233,18 @@ def test_404_on_content_right_after_completion_is_retried(app, sandbox, worker):
     sandbox.add_fault(endpoint="content", status=404, count=2)
     drive(
         worker,
-        lambda: (
-            job_of(client, job["id"])["outputs"][:1]
-            and job_of(client, job["id"])["outputs"][0]["status"] == "downloaded"
-        ),
+        lambda: all_downloaded(client, job["id"]),
         step=120,
     )
     assert_downloaded(app, sandbox, job_of(client, job["id"]))
 
 
 def test_an_unwritable_media_dir_is_a_clear_error_and_the_output_stays_pending(
-    worker_env, sandbox, tmp_path
+    env, sandbox, tmp_path
 ):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the media folder should be")
-    app = create_app({**worker_env, "MEDIA_DIR": str(blocker / "videos")})
+    app = create_app({**env, "MEDIA_DIR": str(blocker / "videos")})
     worker = make_worker(app)
     client = app.test_client()
     job = submit(client, callback="drop")
@@ -269,8 +262,8 @@ def test_an_unwritable_media_dir_is_a_clear_error_and_the_output_stays_pending(
     assert client.get(f"/api/jobs/{job['id']}/videos/0", headers=AUTH).status_code == 409
 
 
-def test_downloads_give_up_only_after_the_configured_time(worker_env, sandbox):
-    app = create_app({**worker_env, "DOWNLOAD_GIVE_UP_SECONDS": "1000"})
+def test_downloads_give_up_only_after_the_configured_time(env, sandbox):
+    app = create_app({**env, "DOWNLOAD_GIVE_UP_SECONDS": "1000"})
     worker = make_worker(app)
     client = app.test_client()
     job = submit(client, callback="drop")
@@ -322,11 +315,15 @@ def test_an_expired_lease_is_picked_up_by_another_worker_and_the_stale_one_is_fe
     job = submit(client, callback="drop")
     sandbox.advance(10)
     first, second = make_worker(app, lease_seconds=5), make_worker(app, lease_seconds=5)
+    sandbox.add_fault(endpoint="content", status=500)
     now = time.time()
-    first.run_once(now)  # poll: completed, output row due
-    [claim] = first.store.claim_due_outputs(first.owner, now, now + 5, 1)
+    first.run_once(now)  # poll: completed; the first download attempt fails
+    later = now + 1000
+    [claim] = first.store.claim_due_outputs(first.owner, later, later + 5, 1)
     # `first` stalls; after its lease runs out `second` claims and finishes the output.
-    second.run_once(now + 6)
+    assert second.run_once(later + 1) == 0
+    second.clock = lambda: later + 6
+    second.run_once(later + 6)
     assert job_of(client, job["id"])["outputs"][0]["status"] == "downloaded"
     stale = first.store.finish_output_claim(
         claim["job_id"], 0, claim["fence"], {"status": "pending", "sha256": "0" * 64}
@@ -336,9 +333,9 @@ def test_an_expired_lease_is_picked_up_by_another_worker_and_the_stale_one_is_fe
 
 
 def test_a_job_left_submitting_ends_submit_failed_after_the_timeout_and_is_never_resubmitted(
-    worker_env, sandbox
+    env, sandbox
 ):
-    app = create_app({**worker_env, "SUBMIT_TIMEOUT_SECONDS": "600"})
+    app = create_app({**env, "SUBMIT_TIMEOUT_SECONDS": "600"})
     worker = make_worker(app)
     client = app.test_client()
     sandbox.add_fault(endpoint="submit", status=500)
