@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -74,6 +75,8 @@ class Deployment:
             "POLL_INTERVAL_SECONDS": "1",
             "WEB_CONCURRENCY": "2",
             "PYTHONUNBUFFERED": "1",
+            # The Procfile's commands must come from this interpreter's environment.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         }
         if tls is not None:
             self.tls_port = free_port()
@@ -153,7 +156,7 @@ class Deployment:
         return response.json()
 
     def api(self) -> httpx.Client:
-        verify: Any = str(self.tls["ca"]) if self.tls else True
+        verify: Any = ssl.create_default_context(cafile=self.tls["ca"]) if self.tls else True
         return httpx.Client(
             base_url=self.public_url,
             verify=verify,
@@ -310,6 +313,7 @@ def test_upstream_429_and_500_bursts(deployment):
 
 
 def test_worker_killed_mid_download_is_finished_by_a_restarted_worker(deployment):
+    deployment.env["WORKER_LEASE_SECONDS"] = "3"
     deployment.up(content_size=64 * 1024 * 1024, throttle_bytes_per_second=16 * 1024 * 1024)
     with deployment.api() as api:
         ids = submit_jobs(api, 1)
@@ -324,7 +328,7 @@ def test_worker_killed_mid_download_is_finished_by_a_restarted_worker(deployment
         deployment.signal("worker", signal.SIGKILL)
         deployment.processes["worker"].wait(5)
         deployment.sandbox_settings(throttle_bytes_per_second=0)
-        deployment.start("worker", PROCFILE["worker"] + " --lease-seconds 2")
+        deployment.start("worker", PROCFILE["worker"])
         wait_until(lambda: settled(api, ids), 60, "job settled after restart")
         [job] = check_final(deployment, api, ids)
         assert job["outputs"][0]["bytes"] == 64 * 1024 * 1024

@@ -52,7 +52,9 @@ def migrate() -> None:
     "--lease-seconds",
     default=60.0,
     show_default=True,
-    help="How long a claim holds before another worker may take the work over.",
+    envvar="WORKER_LEASE_SECONDS",
+    help="How long a claim holds before another worker may take it over "
+    "(env WORKER_LEASE_SECONDS).",
 )
 def worker(concurrency: int, lease_seconds: float) -> None:
     """Poll jobs whose callback is overdue and download outputs, until SIGTERM."""

@@ -154,6 +154,8 @@ def run(keep: bool, echo: Callable[[str], None] = print) -> int:
         "POLL_INTERVAL_SECONDS": "2",
         "WEB_CONCURRENCY": "2",
         "PYTHONUNBUFFERED": "1",
+        # The Procfile's commands must come from this interpreter's environment.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     processes = Processes(home)
     echo(f"demo: instance folder {home}")

@@ -189,8 +189,10 @@ def apply_event(
         job = by_upstream_id
     if job is None:
         return "waiting", None
-    if by_upstream_id is not None and by_upstream_id["id"] != job["id"] or (
-        job["upstream_id"] and job["upstream_id"] != envelope.upstream_id
+    if (
+        by_upstream_id is not None
+        and by_upstream_id["id"] != job["id"]
+        or (job["upstream_id"] and job["upstream_id"] != envelope.upstream_id)
     ):
         log.warning("event for %s arrived on the URL of job %s", envelope.upstream_id, job["id"])
         return "mismatch", job["id"]

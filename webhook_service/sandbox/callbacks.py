@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -105,7 +106,9 @@ class CallbackSender:
             return
         status = self.state.status(job)
         body = envelope(job, status, self.base_url)
-        verify: Any = settings.ca_file or True
+        verify: Any = (
+            ssl.create_default_context(cafile=settings.ca_file) if settings.ca_file else True
+        )
         for attempt in range(max(1, settings.callback_attempts)):
             headers = {
                 "Content-Type": "application/json",
@@ -114,8 +117,7 @@ class CallbackSender:
                 "X-OpenRouter-Idempotency-Key": f"{job.id}-{status}",
             }
             try:
-                response = httpx.post(url, content=body, headers=headers, timeout=10,
-                                      verify=verify)
+                response = httpx.post(url, content=body, headers=headers, timeout=10, verify=verify)
             except httpx.HTTPError as error:
                 self._record(job, {"attempt": attempt, "error": f"{type(error).__name__}: {error}"})
             else:

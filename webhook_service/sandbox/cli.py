@@ -39,34 +39,60 @@ def _knob_options(command: click.Command) -> click.Command:
         if isinstance(default, bool):
             option = click.option(flag, knob.name, is_flag=True, help=KNOB_HELP[knob.name])
         else:
-            kind = {"pending_seconds": float, "in_progress_seconds": float, "error_rate": float,
-                    "drop_callbacks": float, "duplicate_callbacks": float,
-                    "callback_delay_seconds": float, "truncate_downloads": float}.get(
-                        knob.name, int if isinstance(default, int) else str)
-            option = click.option(flag, knob.name, type=kind, default=default,
-                                  show_default=True, help=KNOB_HELP[knob.name])
+            kind = {
+                "pending_seconds": float,
+                "in_progress_seconds": float,
+                "error_rate": float,
+                "drop_callbacks": float,
+                "duplicate_callbacks": float,
+                "callback_delay_seconds": float,
+                "truncate_downloads": float,
+            }.get(knob.name, int if isinstance(default, int) else str)
+            option = click.option(
+                flag,
+                knob.name,
+                type=kind,
+                default=default,
+                show_default=True,
+                help=KNOB_HELP[knob.name],
+            )
         command = option(command)
     return command
 
 
-@click.command(help="Run the development sandbox — not ModelGates: a local stand-in for the "
-               "ModelGates video API, with knobs to make it misbehave. Loopback only.")
+@click.command(
+    help="Run the development sandbox — not ModelGates: a local stand-in for the "
+    "ModelGates video API, with knobs to make it misbehave. Loopback only."
+)
 @click.option("--port", default=8090, show_default=True, help="Port to listen on.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address.")
-@click.option("--api-key", envvar="SANDBOX_API_KEY", default="sandbox-key", show_default=True,
-              help="Bearer key the sandbox accepts (env SANDBOX_API_KEY).")
-@click.option("--webhook-secret", envvar="SANDBOX_WEBHOOK_SECRET", default="sandbox-secret",
-              show_default=True, help="Secret that signs callbacks (env SANDBOX_WEBHOOK_SECRET).")
+@click.option(
+    "--api-key",
+    envvar="SANDBOX_API_KEY",
+    default="sandbox-key",
+    show_default=True,
+    help="Bearer key the sandbox accepts (env SANDBOX_API_KEY).",
+)
+@click.option(
+    "--webhook-secret",
+    envvar="SANDBOX_WEBHOOK_SECRET",
+    default="sandbox-secret",
+    show_default=True,
+    help="Secret that signs callbacks (env SANDBOX_WEBHOOK_SECRET).",
+)
 @_knob_options
-def sandbox_command(port: int, host: str, api_key: str, webhook_secret: str,
-                    **knobs: object) -> None:
+def sandbox_command(
+    port: int, host: str, api_key: str, webhook_secret: str, **knobs: object
+) -> None:
     try:
         server = SandboxServer(host, port, api_key, webhook_secret, SandboxSettings(**knobs))  # type: ignore[arg-type]
     except (OSError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"development sandbox — not ModelGates — listening on {server.base_url}")
-    click.echo(f"  MODELGATES_BASE_URL={server.base_url}  MODELGATES_API_KEY={api_key}  "
-               f"MODELGATES_WEBHOOK_SECRETS={webhook_secret}")
+    click.echo(
+        f"  MODELGATES_BASE_URL={server.base_url}  MODELGATES_API_KEY={api_key}  "
+        f"MODELGATES_WEBHOOK_SECRETS={webhook_secret}"
+    )
 
     def stop(signum: int, frame: FrameType | None) -> None:
         threading.Thread(target=server.stop, daemon=True).start()

@@ -64,9 +64,18 @@ _CHECKS = (
     ("size", "supported_sizes"),
 )
 _TYPES: dict[str, type | tuple[type, ...]] = {
-    "model": str, "prompt": str, "duration": int, "resolution": str, "aspect_ratio": str,
-    "size": str, "seed": int, "generate_audio": bool, "frame_images": list,
-    "input_references": list, "callback_url": str, "provider": dict,
+    "model": str,
+    "prompt": str,
+    "duration": int,
+    "resolution": str,
+    "aspect_ratio": str,
+    "size": str,
+    "seed": int,
+    "generate_audio": bool,
+    "frame_images": list,
+    "input_references": list,
+    "callback_url": str,
+    "provider": dict,
 }
 
 
@@ -79,8 +88,9 @@ def problem(body: dict[str, Any], require_https: bool) -> tuple[int, str] | None
     """Return (status, message) for a submit body upstream would refuse, else None."""
     for name, kind in _TYPES.items():
         value = body.get(name)
-        if value is not None and (not isinstance(value, kind) or (
-            kind is int and isinstance(value, bool))):
+        if value is not None and (
+            not isinstance(value, kind) or (kind is int and isinstance(value, bool))
+        ):
             return 400, f"{name} has the wrong type"
     if not body.get("model"):
         return 400, "model is required"
@@ -95,8 +105,10 @@ def problem(body: dict[str, Any], require_https: bool) -> tuple[int, str] | None
         if field in body and supported is not None and body[field] not in supported:
             return 400, f"{field} {body[field]!r} is not supported by {model['id']}"
     for frame in frames:
-        if not isinstance(frame, dict) or frame.get("type") != "image_url" or not isinstance(
-            frame.get("image_url"), dict
+        if (
+            not isinstance(frame, dict)
+            or frame.get("type") != "image_url"
+            or not isinstance(frame.get("image_url"), dict)
         ):
             return 400, "frame_images entries must be image_url objects"
         supported = model.get("supported_frame_images")

@@ -23,8 +23,13 @@ from .state import TERMINAL, Job, SandboxSettings, State, job_object
 
 BODY_LIMIT = 50 * 1024 * 1024
 RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
-ERROR_TYPES = {429: "rate_limit_exceeded", 402: "payment_required", 500: "provider_unavailable",
-               502: "provider_unavailable", 503: "provider_unavailable"}
+ERROR_TYPES = {
+    429: "rate_limit_exceeded",
+    402: "payment_required",
+    500: "provider_unavailable",
+    502: "provider_unavailable",
+    503: "provider_unavailable",
+}
 
 
 class _Server(ThreadingHTTPServer):
@@ -98,9 +103,19 @@ class SandboxServer:
     def stats(self) -> dict[str, int]:
         """Counters: submits, polls, content requests, callbacks, injected errors."""
         with self.state.lock:
-            return {key: self.state.stats[key] for key in (
-                "submits", "polls", "content_requests", "models", "callbacks_sent",
-                "callbacks_dropped", "callbacks_failed", "injected_errors")}
+            return {
+                key: self.state.stats[key]
+                for key in (
+                    "submits",
+                    "polls",
+                    "content_requests",
+                    "models",
+                    "callbacks_sent",
+                    "callbacks_dropped",
+                    "callbacks_failed",
+                    "injected_errors",
+                )
+            }
 
     def expected_sha256(self, job_id: str, index: int) -> str:
         """The sha256 of what output ``index`` of ``job_id`` serves."""
@@ -145,8 +160,11 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {}
         if status in (429, 503):
             headers["Retry-After"] = str(retry_after or self.sandbox.settings.retry_after)
-        self._send_json(status, {"error": {"code": status, "message": message,
-                                           "metadata": metadata}, "user_id": None}, headers)
+        self._send_json(
+            status,
+            {"error": {"code": status, "message": message, "metadata": metadata}, "user_id": None},
+            headers,
+        )
 
     def _read_body(self) -> bytes | None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -173,7 +191,7 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         path, query = url.path, parse_qs(url.query)
         if path.startswith("/_sandbox/"):
-            self._admin(method, path[len("/_sandbox/"):])
+            self._admin(method, path[len("/_sandbox/") :])
             return
         if not path.startswith("/api/v1/"):
             self._drain()
@@ -183,7 +201,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._drain()
             self._error(401, "Missing or invalid API key")
             return
-        parts = path[len("/api/v1/"):].split("/")
+        parts = path[len("/api/v1/") :].split("/")
         if method == "GET" and parts == ["videos", "models"]:
             self._endpoint("models", self._models)
         elif method == "POST" and parts == ["videos"]:
@@ -198,22 +216,30 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _endpoint(self, name: str, answer: Any) -> None:
         state = self.sandbox.state
-        state.stats[{"submit": "submits", "poll": "polls", "content": "content_requests",
-                     "models": "models"}[name]] += 1
+        state.stats[
+            {
+                "submit": "submits",
+                "poll": "polls",
+                "content": "content_requests",
+                "models": "models",
+            }[name]
+        ] += 1
         fault = state.take_fault(name)
         if fault is not None and fault.get("hang_seconds"):
             time.sleep(fault["hang_seconds"])
         if fault is not None and fault["status"] >= 300 and not fault.get("after_create"):
             state.stats["injected_errors"] += 1
             self._drain()
-            self._error(fault["status"], f"sandbox: injected {fault['status']}",
-                        fault.get("retry_after"))
+            self._error(
+                fault["status"], f"sandbox: injected {fault['status']}", fault.get("retry_after")
+            )
             return
         if fault is None and state.chance(state.settings.error_rate):
             state.stats["injected_errors"] += 1
             self._drain()
-            self._error(state.random.choice(state.settings.error_statuses),
-                        "sandbox: injected error")
+            self._error(
+                state.random.choice(state.settings.error_statuses), "sandbox: injected error"
+            )
             return
         answer(fault)
 
@@ -242,8 +268,11 @@ class _Handler(BaseHTTPRequestHandler):
         options = ((body.get("provider") or {}).get("options") or {}).get("sandbox") or {}
         knobs = options.get("parameters", options) if isinstance(options, dict) else {}
         job = Job(
-            id="job-" + secrets.token_hex(8), model=body["model"], params=body,
-            created=state.now(), callback_url=body.get("callback_url"),
+            id="job-" + secrets.token_hex(8),
+            model=body["model"],
+            params=body,
+            created=state.now(),
+            callback_url=body.get("callback_url"),
             outcome=str(knobs.get("outcome", "completed")),
             outputs=max(1, int(knobs.get("outputs", 1))),
             callback=str(knobs.get("callback", "deliver")),
@@ -258,11 +287,21 @@ class _Handler(BaseHTTPRequestHandler):
             state.jobs[job.id] = job
         if fault is not None and fault.get("after_create"):  # created, yet the answer fails
             state.stats["injected_errors"] += 1
-            self._error(fault["status"], f"sandbox: injected {fault['status']} after creating "
-                        "the job", fault.get("retry_after"))
+            self._error(
+                fault["status"],
+                f"sandbox: injected {fault['status']} after creating the job",
+                fault.get("retry_after"),
+            )
             return
-        self._send_json(202, {"id": job.id, "polling_url": f"/api/v1/videos/{job.id}",
-                              "status": "pending", "generation_id": job.generation_id})
+        self._send_json(
+            202,
+            {
+                "id": job.id,
+                "polling_url": f"/api/v1/videos/{job.id}",
+                "status": "pending",
+                "generation_id": job.generation_id,
+            },
+        )
 
     def _poll(self, job_id: str) -> None:
         state = self.sandbox.state
@@ -274,8 +313,9 @@ class _Handler(BaseHTTPRequestHandler):
             answer = job_object(job, state.status(job), self.sandbox.base_url)
         self._send_json(200, answer)
 
-    def _content(self, job_id: str, query: dict[str, list[str]],
-                 fault: dict[str, Any] | None) -> None:
+    def _content(
+        self, job_id: str, query: dict[str, list[str]], fault: dict[str, Any] | None
+    ) -> None:
         state = self.sandbox.state
         with state.lock:
             job = state.jobs.get(job_id)
@@ -346,7 +386,7 @@ class _Handler(BaseHTTPRequestHandler):
             if method == "GET" and path == "jobs":
                 self._send_json(200, {"jobs": sandbox.jobs()})
             elif method == "GET" and path.startswith("jobs/"):
-                self._send_json(200, sandbox.job(path[len("jobs/"):]))
+                self._send_json(200, sandbox.job(path[len("jobs/") :]))
             elif method == "GET" and path == "stats":
                 self._send_json(200, sandbox.stats())
             elif method == "GET" and path == "settings":

@@ -148,9 +148,14 @@ class State:
 
     def finishes_at(self, job: Job) -> float:
         """Sandbox-clock time at which the job becomes terminal."""
-        pending = self.settings.pending_seconds if job.pending_seconds is None else job.pending_seconds
-        running = (self.settings.in_progress_seconds if job.in_progress_seconds is None
-                   else job.in_progress_seconds)
+        pending = (
+            self.settings.pending_seconds if job.pending_seconds is None else job.pending_seconds
+        )
+        running = (
+            self.settings.in_progress_seconds
+            if job.in_progress_seconds is None
+            else job.in_progress_seconds
+        )
         return job.created + pending + running
 
     def content(self, job: Job, index: int) -> Content:
@@ -182,11 +187,18 @@ class State:
         """The admin view of a job, with what it serves."""
         status = self.status(job)
         return {
-            "id": job.id, "status": status, "model": job.model, "params": job.params,
-            "callback_url": job.callback_url, "outcome": job.outcome,
+            "id": job.id,
+            "status": status,
+            "model": job.model,
+            "params": job.params,
+            "callback_url": job.callback_url,
+            "outcome": job.outcome,
             "outputs": [
-                {"index": n, "bytes": self.content(job, n).size,
-                 "sha256": self.content(job, n).sha256}
+                {
+                    "index": n,
+                    "bytes": self.content(job, n).size,
+                    "sha256": self.content(job, n).sha256,
+                }
                 for n in range(job.outputs)
             ],
             "callback_attempts": list(job.callback_attempts),
@@ -202,7 +214,9 @@ class State:
 def job_object(job: Job, status: str, base_url: str) -> dict[str, Any]:
     """The job as `GET /videos/{id}` returns it."""
     answer: dict[str, Any] = {
-        "id": job.id, "polling_url": f"/api/v1/videos/{job.id}", "status": status,
+        "id": job.id,
+        "polling_url": f"/api/v1/videos/{job.id}",
+        "status": status,
         "generation_id": job.generation_id,
     }
     if status == "completed":
