@@ -1,4 +1,8 @@
-"""The sandbox's model catalogue and the capability checks upstream applies."""
+"""The sandbox's model catalogue and the capability checks upstream applies.
+
+Entries carry every field the official SDK's strict ``VideoModel`` requires
+(``upscale_factor`` and ``creativity`` are null except on upscalers).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ MODELS: list[dict[str, Any]] = [
         "seed": True,
         "pricing_skus": {"video_per_second": "0.40"},
         "allowed_passthrough_parameters": ["sandbox"],
+        "upscale_factor": None,
+        "creativity": None,
     },
     {
         "id": "sandbox/tiny",
@@ -36,6 +42,8 @@ MODELS: list[dict[str, Any]] = [
         "seed": None,
         "pricing_skus": {"video_per_second": "0.01"},
         "allowed_passthrough_parameters": ["sandbox"],
+        "upscale_factor": None,
+        "creativity": None,
     },
     {
         "id": "sandbox/upscaler",
@@ -52,8 +60,8 @@ MODELS: list[dict[str, Any]] = [
         "seed": None,
         "pricing_skus": {"per_video": "0.05"},
         "allowed_passthrough_parameters": ["sandbox"],
-        "upscale_factor": 2,
-        "creativity": 0.3,
+        "upscale_factor": {"min": 2, "max": 4},
+        "creativity": [0, 1, 2, 3],
     },
 ]
 
