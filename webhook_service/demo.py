@@ -26,6 +26,8 @@ from typing import Any
 
 import httpx
 
+from .store import Store
+
 API_TOKEN = "demo-token"
 WEBHOOK_SECRET = "demo-webhook-secret"
 API_KEY = "demo-sandbox-key"
@@ -275,6 +277,7 @@ def _check(
     api: httpx.Client, sandbox: httpx.Client, home: Path, echo: Callable[[str], None]
 ) -> list[str]:
     failures = []
+    store = Store(home / "webhook_service.sqlite3")
     echo(
         f"\n{'job':<28} {'scenario':<19} {'status':<10} {'source':<9} {'idx':>3} "
         f"{'bytes':>8}  {'sha256':<16}  file"
@@ -293,6 +296,22 @@ def _check(
             )
         upstream = sandbox.get(f"/_sandbox/jobs/{job['upstream_id']}").json()
         served = {o["index"]: o["sha256"] for o in upstream.get("outputs", [])}
+        delivered = [a for a in upstream["callback_attempts"] if a.get("status") == 204]
+        stored = store.list_events(upstream_id=job["upstream_id"])
+        if (
+            len(delivered)
+            != (
+                2
+                if scenario.name == "duplicate callback"
+                else 0
+                if scenario.source == "poll"
+                else 1
+            )
+            or len(stored) > 1
+        ):
+            failures.append(
+                f"{scenario.name}: {len(delivered)} callbacks acknowledged, {len(stored)} stored"
+            )
         rows = job["outputs"] or [None]
         for output in rows:
             path, digest = "", "-"

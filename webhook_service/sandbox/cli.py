@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import fields
 from types import FrameType
+from typing import Any, TypeVar
 
 import click
 
 from .server import SandboxServer
 from .state import SandboxSettings
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 KNOB_HELP = {
     "pending_seconds": "Seconds a job stays pending.",
@@ -32,7 +36,7 @@ KNOB_HELP = {
 }
 
 
-def _knob_options(command: click.Command) -> click.Command:
+def _knob_options(command: F) -> F:
     for knob in reversed([f for f in fields(SandboxSettings) if f.name in KNOB_HELP]):
         flag = "--" + knob.name.replace("_", "-")
         default = knob.default
