@@ -505,6 +505,7 @@ class Store:
         """Return the earliest time any poll or download is due."""
         row = self.db.execute(
             "SELECT min(t) FROM (SELECT min(next_poll_at) AS t FROM jobs"
-            " UNION ALL SELECT min(next_attempt_at) FROM outputs)"
+            " WHERE next_poll_at IS NOT NULL UNION ALL SELECT min(next_attempt_at) FROM outputs"
+            " WHERE next_attempt_at IS NOT NULL)"
         ).fetchone()
         return row[0]
