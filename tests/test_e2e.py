@@ -9,7 +9,7 @@ sha256 against what the sandbox served.
 from __future__ import annotations
 
 import hashlib
-import os
+import json
 import shutil
 import signal
 import ssl
@@ -23,29 +23,31 @@ from typing import Any
 import httpx
 import pytest
 
-from webhook_service.demo import free_port, read_procfile
+from webhook_service.demo import (
+    API_TOKEN,
+    WEBHOOK_SECRET,
+    DemoFailed,
+    Processes,
+    free_port,
+    local_env,
+    read_procfile,
+    sandbox_command,
+    wait_for,
+)
 from webhook_service.signatures import sign
 
 REPO = Path(__file__).resolve().parent.parent
 PROCFILE = read_procfile(REPO / "Procfile")
-TOKEN = "e2e-token"
-SECRET = "e2e-secret"
-KEY = "e2e-key"
 TERMINAL = {"completed", "failed", "cancelled", "expired", "submit_failed"}
 
 pytestmark = pytest.mark.timeout(300)
 
 
 def wait_until(check, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{what} within {seconds}s")
+    try:
+        wait_for(check, seconds, what)
+    except DemoFailed as error:
+        raise AssertionError(str(error)) from None
 
 
 class Deployment:
@@ -57,27 +59,10 @@ class Deployment:
         self.sandbox_url = f"http://127.0.0.1:{self.sandbox_port}"
         self.web_url = f"http://127.0.0.1:{self.web_port}"
         self.public_url = self.web_url
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.processes = Processes(home, cwd=REPO)
         self.tls = tls
-        self.env = {
-            **os.environ,
-            "PORT": str(self.web_port),
-            "DATABASE_PATH": str(home / "db.sqlite3"),
-            "MEDIA_DIR": str(home / "videos"),
-            "MODELGATES_API_KEY": KEY,
-            "MODELGATES_BASE_URL": f"{self.sandbox_url}/api/v1",
-            "MODELGATES_WEBHOOK_SECRETS": SECRET,
-            "SERVICE_API_TOKENS": TOKEN,
-            "PUBLIC_BASE_URL": self.web_url,
-            "ALLOW_INSECURE_CALLBACKS": "1",
-            "TRUSTED_PROXY_COUNT": "0",
-            "POLL_AFTER_SECONDS": "3",
-            "POLL_INTERVAL_SECONDS": "1",
-            "WEB_CONCURRENCY": "2",
-            "PYTHONUNBUFFERED": "1",
-            # The Procfile's commands must come from this interpreter's environment.
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        }
+        self.env = local_env(home, self.sandbox_url, self.web_port)
+        self.env.update(POLL_AFTER_SECONDS="3", POLL_INTERVAL_SECONDS="1")
         if tls is not None:
             self.tls_port = free_port()
             self.public_url = f"https://127.0.0.1:{self.tls_port}"
@@ -85,36 +70,21 @@ class Deployment:
             self.env.pop("ALLOW_INSECURE_CALLBACKS")
 
     def start(self, name: str, command: str) -> None:
-        log = open(self.home / f"{name}.log", "ab")  # noqa: SIM115
-        self.processes[name] = subprocess.Popen(
-            ["bash", "-c", command],
-            cwd=REPO,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.processes.start(name, command, self.env)
 
     def up(self, **sandbox: Any) -> Deployment:
-        args = [
-            sys.executable,
-            "-m",
-            "webhook_service.cli",
+        extra = ("--ca-file", str(self.tls["ca"])) if self.tls else ()
+        self.start(
             "sandbox",
-            "--port",
-            str(self.sandbox_port),
-            "--api-key",
-            KEY,
-            "--webhook-secret",
-            SECRET,
-            "--pending-seconds",
-            "0.5",
-            "--in-progress-seconds",
-            "0.5",
-        ]
-        if self.tls is not None:
-            args += ["--ca-file", str(self.tls["ca"])]
-        self.start("sandbox", " ".join(args))
+            sandbox_command(
+                self.sandbox_port,
+                "--pending-seconds",
+                "0.5",
+                "--in-progress-seconds",
+                "0.5",
+                *extra,
+            ),
+        )
         subprocess.run(
             ["bash", "-c", PROCFILE["release"]],
             cwd=REPO,
@@ -161,28 +131,28 @@ class Deployment:
             base_url=self.public_url,
             verify=verify,
             timeout=30,
-            headers={"Authorization": f"Bearer {TOKEN}"},
+            headers={"Authorization": f"Bearer {API_TOKEN}"},
         )
 
     def signal(self, name: str, signum: int) -> None:
-        os.killpg(self.processes[name].pid, signum)
+        self.processes.signal(name, signum)
+
+    def wait(self, name: str) -> None:
+        self.processes.running[name].wait(15)
 
     def stop(self) -> dict[str, float]:
-        took = {}
-        for name, process in self.processes.items():
-            started = time.monotonic()
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
-            took[name] = time.monotonic() - started
-        return took
+        return self.processes.stop()
 
-    def log(self, name: str) -> str:
-        return (self.home / f"{name}.log").read_text(errors="replace")
+    def events(self, *filters: str) -> list[dict[str, Any]]:
+        """Stored callbacks, through the operator CLI."""
+        listing = subprocess.run(
+            [sys.executable, "-m", "webhook_service.cli", "events", "list", "--json", *filters],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return [json.loads(line) for line in listing.splitlines()]
 
 
 NGINX_CONF = """
@@ -326,7 +296,7 @@ def test_worker_killed_mid_download_is_finished_by_a_restarted_worker(deployment
             "download started",
         )
         deployment.signal("worker", signal.SIGKILL)
-        deployment.processes["worker"].wait(5)
+        deployment.wait("worker")
         deployment.sandbox_settings(throttle_bytes_per_second=0)
         deployment.start("worker", PROCFILE["worker"])
         wait_until(lambda: settled(api, ids), 60, "job settled after restart")
@@ -342,7 +312,7 @@ def test_sigterm_to_web_and_worker_during_load_loses_nothing_acknowledged(deploy
         for name in ("worker", "web"):
             started = time.monotonic()
             deployment.signal(name, signal.SIGTERM)
-            deployment.processes[name].wait(15)
+            deployment.wait(name)
             assert time.monotonic() - started < 10, f"{name} took too long to stop"
         deployment.start("web", PROCFILE["web"])
         deployment.start("worker", PROCFILE["worker"])
@@ -431,7 +401,7 @@ def test_https_callbacks_through_nginx_with_trusted_proxy_headers(tmp_path, tls)
                 b'"data":{"id":"job-spoof","status":"completed"}}'
             )
             headers = {
-                "X-OpenRouter-Signature": sign(SECRET, int(time.time()), body),
+                "X-OpenRouter-Signature": sign(WEBHOOK_SECRET, int(time.time()), body),
                 "X-Forwarded-For": "203.0.113.66",
                 "X-Forwarded-Proto": "http",
                 "X-Forwarded-Host": "evil.example",
@@ -439,45 +409,10 @@ def test_https_callbacks_through_nginx_with_trusted_proxy_headers(tmp_path, tls)
             }
             response = api.post("/webhooks/modelgates", content=body, headers=headers)
             assert response.status_code == 204
-        listing = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "webhook_service.cli",
-                "events",
-                "list",
-                "--json",
-                "--upstream-id",
-                "job-spoof",
-            ],
-            env=deployment.env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        import json
-
-        [event] = [json.loads(line) for line in listing.splitlines()]
+        [event] = deployment.events("--upstream-id", "job-spoof")
         assert event["remote_addr"] == "127.0.0.1"
         assert event["url"].startswith(f"https://127.0.0.1:{deployment.tls_port}/")
-        callbacks = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "webhook_service.cli",
-                "events",
-                "list",
-                "--json",
-                "--verdict",
-                "applied",
-            ],
-            env=deployment.env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        assert all(
-            json.loads(line)["url"].startswith("https://") for line in callbacks.splitlines()
-        )
+        applied = deployment.events("--verdict", "applied")
+        assert len(applied) == 2 and all(e["url"].startswith("https://") for e in applied)
     finally:
         deployment.stop()

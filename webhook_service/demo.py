@@ -98,16 +98,19 @@ class DemoFailed(Exception):
 
 
 class Processes:
-    """The demo's child processes, stopped with SIGTERM at the end."""
+    """Child processes in their own sessions, logging to files, stopped with SIGTERM."""
 
-    def __init__(self, logs: Path) -> None:
+    def __init__(self, logs: Path, cwd: Path | None = None) -> None:
         self.logs = logs
+        self.cwd = cwd
         self.running: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str, command: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
+        """Run ``command`` with ``bash -c``, as a Procfile runner does."""
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
         process = subprocess.Popen(
             ["bash", "-c", command],
+            cwd=self.cwd,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -115,6 +118,10 @@ class Processes:
         )
         self.running[name] = process
         return process
+
+    def signal(self, name: str, signum: int) -> None:
+        """Send a signal to a process and its children."""
+        os.killpg(self.running[name].pid, signum)
 
     def stop(self) -> dict[str, float]:
         """SIGTERM every process; return how long each took to exit."""
@@ -132,15 +139,9 @@ class Processes:
         return took
 
 
-def run(keep: bool, echo: Callable[[str], None] = print) -> int:
-    """Run the demo; return the process exit status."""
-    home = Path(tempfile.mkdtemp(prefix="webhook-service-demo-"))
-    procfile_path = Path("Procfile")
-    procfile = read_procfile(procfile_path) if procfile_path.exists() else DEFAULT_PROCFILE
-    sandbox_port, web_port = free_port(), free_port()
-    sandbox_url = f"http://127.0.0.1:{sandbox_port}"
-    web_url = f"http://127.0.0.1:{web_port}"
-    env = {
+def local_env(home: Path, sandbox_url: str, web_port: int) -> dict[str, str]:
+    """The environment of a local deployment: instance files in ``home``, the sandbox upstream."""
+    return {
         **os.environ,
         "PORT": str(web_port),
         "DATABASE_PATH": str(home / "webhook_service.sqlite3"),
@@ -149,7 +150,7 @@ def run(keep: bool, echo: Callable[[str], None] = print) -> int:
         "MODELGATES_BASE_URL": f"{sandbox_url}/api/v1",
         "MODELGATES_WEBHOOK_SECRETS": WEBHOOK_SECRET,
         "SERVICE_API_TOKENS": API_TOKEN,
-        "PUBLIC_BASE_URL": web_url,
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{web_port}",
         "ALLOW_INSECURE_CALLBACKS": "1",
         "TRUSTED_PROXY_COUNT": "0",
         "POLL_AFTER_SECONDS": "6",
@@ -159,31 +160,44 @@ def run(keep: bool, echo: Callable[[str], None] = print) -> int:
         # The Procfile's commands must come from this interpreter's environment.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
+
+
+def sandbox_command(port: int, *extra: str) -> str:
+    """The shell command that starts the sandbox upstream for a local deployment."""
+    return shlex.join(
+        [
+            sys.executable,
+            "-m",
+            "webhook_service.cli",
+            "sandbox",
+            "--port",
+            str(port),
+            "--api-key",
+            API_KEY,
+            "--webhook-secret",
+            WEBHOOK_SECRET,
+            "--pending-seconds",
+            "1",
+            "--in-progress-seconds",
+            "2",
+            *extra,
+        ]
+    )
+
+
+def run(keep: bool, echo: Callable[[str], None] = print) -> int:
+    """Run the demo; return the process exit status."""
+    home = Path(tempfile.mkdtemp(prefix="webhook-service-demo-"))
+    procfile_path = Path("Procfile")
+    procfile = read_procfile(procfile_path) if procfile_path.exists() else DEFAULT_PROCFILE
+    sandbox_port, web_port = free_port(), free_port()
+    sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+    web_url = f"http://127.0.0.1:{web_port}"
+    env = local_env(home, sandbox_url, web_port)
     processes = Processes(home)
     echo(f"demo: instance folder {home}")
     try:
-        processes.start(
-            "sandbox",
-            shlex.join(
-                [
-                    sys.executable,
-                    "-m",
-                    "webhook_service.cli",
-                    "sandbox",
-                    "--port",
-                    str(sandbox_port),
-                    "--api-key",
-                    API_KEY,
-                    "--webhook-secret",
-                    WEBHOOK_SECRET,
-                    "--pending-seconds",
-                    "1",
-                    "--in-progress-seconds",
-                    "2",
-                ]
-            ),
-            env,
-        )
+        processes.start("sandbox", sandbox_command(sandbox_port), env)
         if "release" in procfile:
             release = subprocess.run(
                 ["bash", "-c", procfile["release"]], env=env, capture_output=True, text=True
