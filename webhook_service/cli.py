@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,8 @@ from .config import ConfigError, load_settings
 from .sandbox.cli import sandbox_command
 from .signatures import sign
 from .store import Store
+
+STOP_DEADLINE_SECONDS = 9.5
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -73,6 +76,11 @@ def worker(concurrency: int, lease_seconds: float) -> None:
 
     def stop(signum: int, frame: FrameType | None) -> None:
         runner.stop()
+        # Platforms kill after ~30 s; whatever is still blocked (a poll in a slow read)
+        # must not keep us past 10 s.  Claims left behind expire and are taken over.
+        watchdog = threading.Timer(STOP_DEADLINE_SECONDS, os._exit, args=(0,))
+        watchdog.daemon = True
+        watchdog.start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
