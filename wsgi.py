@@ -9,4 +9,5 @@ try:
     app = create_app()
 except ConfigError as error:
     print(f"webhook_service: configuration error: {error}", file=sys.stderr, flush=True)
-    raise SystemExit(1) from None
+    # 4 is gunicorn's "app failed to load": the arbiter stops instead of respawning.
+    raise SystemExit(4) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 
@@ -397,3 +398,24 @@ def test_unknown_routes_answer_the_json_error_shape(client):
     response = client.get("/nowhere")
     assert response.status_code == 404
     assert set(response.get_json()["error"]) == {"code", "message", "details"}
+
+
+def test_nan_and_infinity_are_not_json(client, store, sandbox):
+    body = json.dumps(VALID)[:-1] + ', "seed": NaN}'
+    response = client.post("/api/jobs", data=body, headers=AUTH, content_type="application/json")
+    assert response.status_code == 400
+    assert_nothing_happened(store, sandbox)
+
+
+def test_out_of_range_cursor_and_index_are_client_errors(client):
+    job = client.post("/api/jobs", json=VALID, headers=AUTH).get_json()
+    huge = base64.urlsafe_b64encode(b"seq:99999999999999999999999").decode()
+    assert client.get(f"/api/jobs?cursor={huge}", headers=AUTH).status_code == 422
+    url = f"/api/jobs/{job['id']}/videos/99999999999999999999"
+    assert client.get(url, headers=AUTH).status_code in (404, 409)
+
+
+def test_every_api_path_needs_a_token_even_unknown_ones(client):
+    assert client.get("/api/nope").status_code == 401
+    assert client.delete("/api/jobs").status_code == 401
+    assert client.get("/api/nope", headers=AUTH).status_code == 404

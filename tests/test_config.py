@@ -37,6 +37,8 @@ def test_http_public_url_needs_the_insecure_flag():
         ("POLL_INTERVAL_SECONDS", "0"),
         ("TRUSTED_PROXY_COUNT", "1.5"),
         ("TRUSTED_PROXY_COUNT", "-1"),
+        ("TRUSTED_PROXY_COUNT", "inf"),
+        ("POLL_INTERVAL_SECONDS", "nan"),
         ("PUBLIC_BASE_URL", "videos.example"),
         ("MODELGATES_BASE_URL", "ftp://x"),
         ("PUBLIC_BASE_URL", "https://x/?a=1"),
@@ -58,3 +60,14 @@ def test_secrets_never_appear_in_the_repr():
     )
     text = repr(settings)
     assert "sk-live-123" not in text and "whsec" not in text and "tok-abc" not in text
+
+
+def test_an_uncreatable_media_dir_fails_at_start(tmp_path):
+    from webhook_service import create_app
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="MEDIA_DIR"):
+        create_app(
+            {"DATABASE_PATH": str(tmp_path / "db.sqlite3"), "MEDIA_DIR": str(blocker / "videos")}
+        )

@@ -242,9 +242,10 @@ def test_404_on_content_right_after_completion_is_retried(app, sandbox, worker):
 def test_an_unwritable_media_dir_is_a_clear_error_and_the_output_stays_pending(
     env, sandbox, tmp_path
 ):
-    blocker = tmp_path / "not-a-dir"
-    blocker.write_text("a file where the media folder should be")
-    app = create_app({**env, "MEDIA_DIR": str(blocker / "videos")})
+    media = tmp_path / "media"
+    app = create_app({**env, "MEDIA_DIR": str(media)})
+    media.rmdir()  # the disk goes away after start: a file now stands where the folder was
+    media.write_text("not a folder")
     worker = make_worker(app)
     client = app.test_client()
     job = submit(client, callback="drop")
@@ -348,3 +349,35 @@ def test_a_job_left_submitting_ends_submit_failed_after_the_timeout_and_is_never
     final = job_of(client, job_id)
     assert final["status"] == "submit_failed" and "not resubmitted" in final["error"]
     assert sandbox.stats()["submits"] == 1
+
+
+def test_a_callback_landing_after_the_claim_is_not_overwritten_by_the_submit_watchdog(
+    live, sandbox
+):
+    app, server = live
+    client = app.test_client()
+    sandbox.add_fault(endpoint="submit", status=500, after_create=True)
+    response = client.post("/api/jobs", json=VALID, headers=AUTH)
+    job_id = response.get_json()["error"]["details"]["job_id"]
+    worker = make_worker(app)
+    late = time.time() + 10_000
+    [claim] = worker.store.claim_due_jobs(worker.owner, late, late + 30, 10)
+    sandbox.advance(10)  # upstream finishes; its callback carries our token
+    deadline = time.time() + 10
+    while job_of(client, job_id)["status"] != "completed" and time.time() < deadline:
+        time.sleep(0.05)
+    worker._poll(claim, late)  # the stale claim must not end the job as submit_failed
+    final = job_of(client, job_id)
+    assert final["status"] == "completed" and final["upstream_id"]
+    assert final["completion_source"] == "callback"
+
+
+def test_releasing_a_workers_claims_frees_its_work_at_once(app, sandbox):
+    client = app.test_client()
+    submit(client, callback="drop")
+    worker, other = make_worker(app), make_worker(app)
+    now = time.time()
+    assert len(worker.store.claim_due_jobs(worker.owner, now, now + 60, 10)) == 1
+    assert other.store.claim_due_jobs(other.owner, now, now + 60, 10) == []
+    worker.store.release_claims(worker.owner)
+    assert len(other.store.claim_due_jobs(other.owner, now, now + 60, 10)) == 1

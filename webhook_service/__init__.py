@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,7 +11,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import context, errors
-from .config import load_settings
+from .config import ConfigError, Settings, load_settings
 from .store import Store
 
 API_BODY_LIMIT = 50 * 1024 * 1024
@@ -34,7 +35,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = API_BODY_LIMIT
     _configure_logging(app)
 
-    settings.database_path.parent.mkdir(parents=True, exist_ok=True)
+    _prepare_folders(settings)
     migrations = Store(settings.database_path)
     try:
         migrations.migrate()
@@ -55,6 +56,20 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(webhooks.bp)
     return app
+
+
+def _prepare_folders(settings: Settings) -> None:
+    """Create the database's and the videos' folders, or fail at start saying why."""
+    for name, folder in (
+        ("DATABASE_PATH", settings.database_path.parent),
+        ("MEDIA_DIR", settings.media_dir),
+    ):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f"{name}: cannot create {folder}: {error.strerror}") from None
+        if not os.access(folder, os.W_OK):
+            raise ConfigError(f"{name}: {folder} is not writable")
 
 
 def _configure_logging(app: Flask) -> None:

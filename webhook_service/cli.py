@@ -74,11 +74,17 @@ def worker(concurrency: int, lease_seconds: float) -> None:
             found.settings, found.client(), concurrency=concurrency, lease_seconds=lease_seconds
         )
 
+    def hard_stop() -> None:
+        try:
+            runner.store.release_claims(runner.owner)
+        finally:
+            os._exit(0)
+
     def stop(signum: int, frame: FrameType | None) -> None:
         runner.stop()
         # Platforms kill after ~30 s; whatever is still blocked (a poll in a slow read)
-        # must not keep us past 10 s.  Claims left behind expire and are taken over.
-        watchdog = threading.Timer(STOP_DEADLINE_SECONDS, os._exit, args=(0,))
+        # must not keep us past 10 s: release every claim we hold, then leave.
+        watchdog = threading.Timer(STOP_DEADLINE_SECONDS, hard_stop)
         watchdog.daemon = True
         watchdog.start()
 

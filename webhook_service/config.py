@@ -7,6 +7,7 @@ fields excluded from the repr so they never reach a log line.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -61,7 +62,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         try:
             value = float(raw)
         except ValueError:
-            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+            value = math.nan
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a number, got {raw!r}")
         if value < minimum:
             raise ConfigError(f"{name} must be at least {minimum:g}, got {raw!r}")
         return value

@@ -48,7 +48,7 @@ class EnvelopeError(ValueError):
 
 @dataclass(frozen=True)
 class Envelope:
-    """A well-formed event: ``type`` agrees with ``data.status``, or the type is unknown."""
+    """A well-formed event: ``type`` is ``video.generation.<data.status>``."""
 
     type: str
     upstream_id: str
@@ -91,11 +91,8 @@ def parse_envelope(body: bytes) -> Envelope:
         raise EnvelopeError("data.id has characters a job id never has")
     if not isinstance(status, str) or not status:
         raise EnvelopeError("data.status is missing")
-    if event_type.startswith(EVENT_PREFIX) and (
-        event_type in KNOWN_TYPES or status in jobs.UPSTREAM_TERMINAL
-    ):
-        if event_type != EVENT_PREFIX + status:
-            raise EnvelopeError(f"type {event_type} disagrees with data.status {status}")
+    if event_type != EVENT_PREFIX + status:
+        raise EnvelopeError(f"type {event_type} disagrees with data.status {status}")
     return Envelope(event_type, upstream_id, status, data)
 
 

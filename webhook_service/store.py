@@ -283,10 +283,10 @@ class Store:
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 yield self
+                self.db.execute("COMMIT")
             except BaseException:
-                self.db.rollback()
+                self.db.rollback()  # also when COMMIT itself failed: never leave one open
                 raise
-            self.db.execute("COMMIT")
 
     def batched(self, work: Callable[[Store], T]) -> T:
         """Run a short write in a transaction shared with other threads' writes."""
@@ -500,6 +500,19 @@ class Store:
         released = {**changes, "lease_owner": None, "lease_expires_at": None}
         with self.transaction():
             return self.update_output(job_id, index, released, fence)
+
+    def release_claims(self, owner: str) -> None:
+        """Give up every claim ``owner`` holds, so other workers can take the work at once."""
+        with self.transaction():
+            self.db.execute(
+                "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = ?",
+                [owner],
+            )
+            self.db.execute(
+                "UPDATE outputs SET lease_owner = NULL, lease_expires_at = NULL, status = 'pending'"
+                " WHERE lease_owner = ? AND status = 'downloading'",
+                [owner],
+            )
 
     def next_due_at(self) -> float | None:
         """Return the earliest time any poll or download is due."""

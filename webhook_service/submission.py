@@ -35,7 +35,9 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 DEFAULT_RETRY_AFTER = 30
-IN_FLIGHT_GRACE_SECONDS = 30.0
+# httpx's timeout bounds each read and write, not the whole request: a 50 MiB body on a
+# slow link may take minutes, so only after this long is a submit with no outcome dead.
+IN_FLIGHT_GRACE_SECONDS = 600.0
 MODELS_TTL_SECONDS = 300.0
 
 

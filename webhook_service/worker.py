@@ -153,7 +153,12 @@ class Worker:
     def _poll(self, job: dict[str, Any], now: float) -> None:
         if job["status"] == jobs.SUBMITTING and not job["upstream_id"]:
             with self.store.transaction():
-                self.store.finish_job_claim(job["id"], job["fence"], self._settle_submit(job, now))
+                # Decide on the current row: a callback may have settled it since the claim.
+                fresh = self.store.job(job["id"])
+                assert fresh is not None
+                unsettled = fresh["status"] == jobs.SUBMITTING and not fresh["upstream_id"]
+                changes = self._settle_submit(fresh, now) if unsettled else {}
+                self.store.finish_job_claim(job["id"], job["fence"], changes)
             return
         retry_after, not_found = None, 0
         seen: jobs.Observation | None = None

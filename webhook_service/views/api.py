@@ -33,10 +33,14 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 MAX_PAGE = 100
 DEFAULT_PAGE = 20
 MAX_IDEMPOTENCY_KEY = 255
+MAX_SQL_INTEGER = 2**63 - 1
 
 
-@bp.before_request
+@bp.before_app_request
 def authenticate() -> None:
+    """Every /api path needs a bearer token, even one that matches no route."""
+    if not (request.path == "/api" or request.path.startswith("/api/")):
+        return
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()
@@ -84,7 +88,7 @@ def _job_answer(
 
 def _validated_body() -> dict[str, Any]:
     try:
-        body = json.loads(request.get_data())
+        body = json.loads(request.get_data(), parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError):
         raise BadRequest("The request body is not valid JSON.") from None
     if not isinstance(body, dict):
@@ -99,6 +103,10 @@ def _validated_body() -> dict[str, Any]:
     except marshmallow.ValidationError as error:
         raise ValidationError(details=_flatten(error.messages)) from None
     return loaded
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _flatten(messages: Any) -> dict[str, list[str]]:
@@ -167,7 +175,7 @@ def _decode_cursor(cursor: str | None) -> int | None:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         prefix, _, seq = text.partition(":")
-        if prefix == "seq" and seq.isdigit():
+        if prefix == "seq" and seq.isdigit() and int(seq) <= MAX_SQL_INTEGER:
             return int(seq)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass
@@ -189,7 +197,7 @@ def get_video(job_id: str, index: int) -> Response:
     job = store.job(job_id)
     if job is None:
         raise NotFound(f"No job {job_id}.")
-    output = store.output(job_id, index)
+    output = store.output(job_id, index) if index <= MAX_SQL_INTEGER else None
     if job["status"] != COMPLETED:
         if output is None and job["outputs_known"]:
             raise NotFound(f"Job {job_id} has no video {index}.")
