@@ -197,11 +197,9 @@ def get_video(job_id: str, index: int) -> Response:
     job = store.job(job_id)
     if job is None:
         raise NotFound(f"No job {job_id}.")
-    output = store.output(job_id, index) if index <= MAX_SQL_INTEGER else None
     if job["status"] != COMPLETED:
-        if output is None and job["outputs_known"]:
-            raise NotFound(f"Job {job_id} has no video {index}.")
         raise Conflict(f"Job {job_id} is {job['status']}, not completed.", error_code="not_ready")
+    output = store.output(job_id, index) if index <= MAX_SQL_INTEGER else None
     if output is None:
         if job["outputs_known"]:
             raise NotFound(f"Job {job_id} has no video {index}.")
