@@ -11,68 +11,21 @@ Times are Unix seconds (REAL); JSON columns hold text.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import sqlite3
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
+from .writers import GroupCommit, T, WriteLock
+
 BUSY_TIMEOUT_MS = 10_000
-NON_TERMINAL = ("submitting", "pending", "in_progress")
 
 migrations = Migrations("webhook_service")
-
-
-class WriteLock:
-    """Serialise writers to one database file, across threads and processes.
-
-    SQLite's busy handler waits by sleeping and retrying, which under load turns
-    into latency spikes of hundreds of milliseconds.  Queuing writers on a lock
-    file with flock (and a thread lock inside the process) hands the write lock
-    over the moment it is released instead.
-    """
-
-    _locks: dict[str, WriteLock] = {}
-    _guard = threading.Lock()
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._thread_lock = threading.Lock()
-        self._fd: int | None = None
-        self._pid = 0
-
-    @classmethod
-    def for_database(cls, database: Path) -> WriteLock:
-        """Return the process-wide lock for a database file."""
-        key = str(database.absolute())
-        with cls._guard:
-            if key not in cls._locks:
-                cls._locks[key] = cls(key + ".lock")
-            return cls._locks[key]
-
-    def __enter__(self) -> None:
-        self._thread_lock.acquire()
-        try:
-            if self._pid != os.getpid():  # a forked child must not share its parent's lock
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-                self._pid = os.getpid()
-            assert self._fd is not None
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-        except BaseException:
-            self._thread_lock.release()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._fd is not None
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        self._thread_lock.release()
 
 
 @migrations()
@@ -155,79 +108,6 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         CREATE INDEX events_received ON events (received_at);
         """
     )
-
-
-T = TypeVar("T")
-
-
-class _Pending:
-    """One write waiting to ride in a shared transaction."""
-
-    def __init__(self, work: Callable[[Store], Any]) -> None:
-        self.work = work
-        self.done = False
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-
-class GroupCommit:
-    """Run short writes from many threads in shared transactions: one fsync a batch.
-
-    Each caller queues its write and then waits for the leader lock; whoever holds
-    it runs every queued write (each in its own savepoint, so one failing write
-    does not undo the others) in a single transaction.  A caller finding its write
-    already done returns at once.  Nothing returns before its write is committed.
-    """
-
-    _instances: dict[str, GroupCommit] = {}
-    _guard = threading.Lock()
-
-    def __init__(self) -> None:
-        self._queue: list[_Pending] = []
-        self._queue_lock = threading.Lock()
-        self._leader = threading.Lock()
-
-    @classmethod
-    def for_database(cls, database: Path) -> GroupCommit:
-        """Return the process-wide batcher for a database file."""
-        key = str(database.absolute())
-        with cls._guard:
-            if key not in cls._instances:
-                cls._instances[key] = cls()
-            return cls._instances[key]
-
-    def run(self, store: Store, work: Callable[[Store], T]) -> T:
-        """Run ``work(store)`` inside a committed transaction and return its result."""
-        mine = _Pending(work)
-        with self._queue_lock:
-            self._queue.append(mine)
-        with self._leader:
-            if not mine.done:
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
-                self._commit(store, batch)
-        if mine.error is not None:
-            raise mine.error
-        result: T = mine.result
-        return result
-
-    @staticmethod
-    def _commit(store: Store, batch: list[_Pending]) -> None:
-        try:
-            with store.transaction():
-                for pending in batch:
-                    try:
-                        with store.db.atomic():
-                            pending.result = pending.work(store)
-                    except Exception as error:
-                        pending.error = error
-        except BaseException as error:
-            for pending in batch:
-                pending.error = pending.error or error
-            raise
-        finally:
-            for pending in batch:
-                pending.done = True
 
 
 class Store:
