@@ -36,7 +36,10 @@ def receive(token: str | None = None) -> Response:
         signed_at = verify(body, request.headers, secrets, now)
     except SignatureError as error:
         return error_response(401, "invalid_signature", f"Signature rejected: {error}.")
-    source = {"remote_addr": request.remote_addr, "url": request.url}
+    source = {
+        "remote_addr": request.remote_addr,
+        "url": f"{request.scheme}://{request.host}{request.path}",
+    }
     receipt = events.receive(context.store(), body, request.headers, token, signed_at, now, source)
     if receipt.verdict == "rejected":
         return error_response(
