@@ -16,7 +16,6 @@ import httpx
 from .media import PartialFile
 from .modelgates import ModelGatesClient, ModelGatesError, ServerError, TransportError
 
-CHUNK_SIZE = 1024 * 1024
 RESUMES_PER_ATTEMPT = 3
 CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
@@ -46,7 +45,8 @@ def fetch(
         try:
             with client.stream_content(upstream_id, index, start=start) as response:
                 expected_total = _position(response, target, start, expected_total)
-                for chunk in response.iter_raw(CHUNK_SIZE):
+                # Chunks as they arrive: a re-chunking buffer would lose its tail on a cut.
+                for chunk in response.iter_raw():
                     if not keep_going():
                         raise DownloadAborted("download abandoned")
                     target.write(chunk)
