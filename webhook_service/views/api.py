@@ -57,6 +57,7 @@ def authenticate() -> None:
 
 @bp.post("/jobs")
 def submit_job() -> tuple[Response, int, dict[str, str]]:
+    """Validate, then submit upstream once (or replay an Idempotency-Key's job)."""
     params = _validated_body()
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
@@ -145,6 +146,7 @@ def _check_capabilities(catalog: submission.ModelCatalog, params: dict[str, Any]
 
 @bp.get("/jobs")
 def list_jobs() -> Response:
+    """Jobs newest first, a cursor page at a time."""
     status = request.args.get("status")
     if status is not None and status not in STATUSES:
         raise ValidationError(details={"status": [f"Must be one of: {', '.join(STATUSES)}."]})
@@ -184,6 +186,7 @@ def _decode_cursor(cursor: str | None) -> int | None:
 
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
+    """One job with its outputs."""
     store = context.store()
     job = store.job(job_id)
     if job is None:
@@ -193,6 +196,7 @@ def get_job(job_id: str) -> Response:
 
 @bp.get("/jobs/<job_id>/videos/<int:index>")
 def get_video(job_id: str, index: int) -> Response:
+    """Serve a downloaded video; Range requests get 206."""
     store = context.store()
     job = store.job(job_id)
     if job is None:
@@ -218,6 +222,7 @@ def get_video(job_id: str, index: int) -> Response:
 
 @bp.get("/models")
 def list_models() -> Response:
+    """Upstream's model list, from the per-process cache."""
     services = context.services()
     services.client()
     try:

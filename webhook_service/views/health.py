@@ -12,6 +12,7 @@ bp = Blueprint("health", __name__)
 
 @bp.get("/healthz")
 def healthz() -> Response:
+    """200 when the database answers, 503 otherwise."""
     try:
         healthy = context.store().ping()
     except Exception:

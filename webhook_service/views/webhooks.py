@@ -23,6 +23,7 @@ BODY_LIMIT = 256 * 1024
 @bp.post("/modelgates")
 @bp.post("/modelgates/<token>")
 def receive(token: str | None = None) -> Response:
+    """Verify a callback, store and apply it, then answer 204."""
     body = _read_limited()
     if body is None:
         return error_response(413, "payload_too_large", "Webhook bodies are limited to 256 KiB.")
