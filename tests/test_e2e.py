@@ -15,6 +15,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -307,8 +308,27 @@ def test_worker_killed_mid_download_is_finished_by_a_restarted_worker(deployment
 def test_sigterm_to_web_and_worker_during_load_loses_nothing_acknowledged(deployment):
     deployment.up(content_size=8 * 1024 * 1024)
     accepted: list[str] = []
-    with deployment.api() as api:
-        accepted += submit_jobs(api, 3)
+    stop_load = threading.Event()
+
+    def load() -> None:
+        # Submits keep coming while both processes are told to stop; only a 202 counts.
+        with deployment.api() as api:
+            n = 0
+            while not stop_load.is_set():
+                body = {"model": "sandbox/tiny", "prompt": f"load {n}", "duration": 2}
+                try:
+                    response = api.post("/api/jobs", json=body, timeout=5)
+                except httpx.HTTPError:
+                    response = None
+                if response is not None and response.status_code == 202:
+                    accepted.append(response.json()["id"])
+                n += 1
+                time.sleep(0.05)
+
+    sender = threading.Thread(target=load)
+    sender.start()
+    try:
+        wait_until(lambda: len(accepted) >= 5, 30, "load running")
         for name in ("worker", "web"):
             started = time.monotonic()
             deployment.signal(name, signal.SIGTERM)
@@ -317,7 +337,12 @@ def test_sigterm_to_web_and_worker_during_load_loses_nothing_acknowledged(deploy
         deployment.start("web", PROCFILE["web"])
         deployment.start("worker", PROCFILE["worker"])
         wait_until(lambda: httpx.get(f"{deployment.web_url}/healthz").is_success, 30, "web up")
-        wait_until(lambda: settled(api, accepted), 90, "all jobs settled")
+        time.sleep(1)
+    finally:
+        stop_load.set()
+        sender.join(10)
+    with deployment.api() as api:
+        wait_until(lambda: settled(api, accepted), 120, "every acknowledged job settled")
         check_final(deployment, api, accepted)
 
 

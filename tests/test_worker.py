@@ -148,6 +148,11 @@ def test_upstream_429_500_and_refused_connections_only_delay_polling(app, sandbo
     sandbox.add_fault(endpoint="poll", status=500, count=5)
     worker.run_once(now + 121)
     assert worker.store.job(job["id"])["status"] == "pending"
+    settings = app.extensions["webhook_service"].settings
+    unreachable = Worker(settings, ModelGatesClient("http://127.0.0.1:9/api/v1", "k"))
+    unreachable.run_once(now + 1000)  # connection refused: the poll is only put off
+    row = worker.store.job(job["id"])
+    assert row["status"] == "pending" and row["next_poll_at"] > now + 1000
     drive(worker, lambda: job_of(client, job["id"])["status"] == "completed", step=600)
     assert job_of(client, job["id"])["completion_source"] == "poll"
 
