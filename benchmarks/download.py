@@ -30,12 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from webhook_service.config import load_settings  # noqa: E402
-from webhook_service.demo import free_port, wait_for  # noqa: E402
+from webhook_service.demo import API_KEY as KEY  # noqa: E402
+from webhook_service.demo import free_port, sandbox_command, wait_for  # noqa: E402
 from webhook_service.modelgates import ModelGatesClient  # noqa: E402
 from webhook_service.store import Store  # noqa: E402
 from webhook_service.worker import Worker  # noqa: E402
-
-KEY = "bench-key"
 
 
 def insert_job(
@@ -93,20 +92,17 @@ def download_rounds(size: int, rounds: int, work: Path) -> dict[str, object]:
     port = free_port()
     sandbox = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "webhook_service.cli",
-            "sandbox",
-            "--port",
-            str(port),
-            "--api-key",
-            KEY,
-            "--content-size",
-            str(size),
-            "--pending-seconds",
-            "0",
-            "--in-progress-seconds",
-            "0",
+            "bash",
+            "-c",
+            sandbox_command(
+                port,
+                "--content-size",
+                str(size),
+                "--pending-seconds",
+                "0",
+                "--in-progress-seconds",
+                "0",
+            ),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -73,6 +73,24 @@ def store(app: Flask) -> Iterator[Store]:
     opened.close()
 
 
+@pytest.fixture
+def hook_app(base_env: dict[str, str]) -> Flask:
+    """An app whose upstream is unreachable: for receiver tests that need no sandbox."""
+    return create_app({**base_env, "TESTING": True})
+
+
+@pytest.fixture
+def hooks(hook_app: Flask) -> FlaskClient:
+    return hook_app.test_client()
+
+
+@pytest.fixture
+def db(hook_app: Flask) -> Iterator[Store]:
+    opened = Store(hook_app.extensions["webhook_service"].settings.database_path)
+    yield opened
+    opened.close()
+
+
 class LiveServer:
     """The app served by a real threaded HTTP server on loopback."""
 

@@ -113,22 +113,3 @@ def test_every_command_has_help():
         assert result.exit_code == 0 and len(result.output) > 100
     for command in ("list", "replay"):
         assert run("events", command, "--help").exit_code == 0
-
-
-@pytest.fixture
-def hook_app(base_env):
-    from webhook_service import create_app
-
-    return create_app({**base_env, "TESTING": True})
-
-
-@pytest.fixture
-def hooks(hook_app):
-    return hook_app.test_client()
-
-
-@pytest.fixture
-def db(hook_app):
-    opened = Store(hook_app.extensions["webhook_service"].settings.database_path)
-    yield opened
-    opened.close()

@@ -12,24 +12,6 @@ from conftest import WEBHOOK_SECRET, LiveServer
 
 from webhook_service import create_app, submission
 from webhook_service.signatures import sign
-from webhook_service.store import Store
-
-
-@pytest.fixture
-def hook_app(base_env):
-    return create_app({**base_env, "TESTING": True})
-
-
-@pytest.fixture
-def hooks(hook_app):
-    return hook_app.test_client()
-
-
-@pytest.fixture
-def db(hook_app):
-    opened = Store(hook_app.extensions["webhook_service"].settings.database_path)
-    yield opened
-    opened.close()
 
 
 def make_job(store, job_id="vj_1", upstream_id="job-1", status="pending", token=None):
