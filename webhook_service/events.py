@@ -66,8 +66,7 @@ class Receipt:
     """What became of one delivery."""
 
     event_id: int | None
-    verdict: str
-    duplicate: bool = False
+    verdict: str  # as stored; "duplicate" when the event was already there
     reason: str | None = None
 
 
@@ -137,7 +136,7 @@ def receive(
             reason=str(error),
         )
         event_id = store.batched(lambda store: store.insert_event(row))
-        return Receipt(event_id, "rejected", event_id is None, str(error))
+        return Receipt(event_id, "rejected", str(error))
 
     row.update(
         dedup_key=dedup_key(body, headers),
@@ -148,7 +147,7 @@ def receive(
     def store_and_apply(store: Store) -> Receipt:
         event_id = store.insert_event({**row, "verdict": "received"})
         if event_id is None:
-            return Receipt(None, "duplicate", duplicate=True)
+            return Receipt(None, "duplicate")
         verdict, job_id = apply_event(store, envelope, token, now)
         store.update_event(
             event_id,
@@ -171,7 +170,7 @@ def receive(
         event_id = store.batched(
             lambda store: store.insert_event({**row, "verdict": "error", "reason": reason})
         )
-        return Receipt(event_id, "error", event_id is None, reason)
+        return Receipt(event_id, "error", reason)
 
 
 def apply_event(

@@ -137,7 +137,7 @@ def apply_observation(
     return change
 
 
-def fail_submission(job: Mapping[str, Any], error: str, now: float) -> dict[str, Any]:
+def fail_submission(error: str, now: float) -> dict[str, Any]:
     """Return the changes that end a job whose submit never produced an upstream job."""
     return {
         "status": SUBMIT_FAILED,

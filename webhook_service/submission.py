@@ -218,9 +218,7 @@ def _record_failure(
     )
     if refused:
         with store.transaction():
-            job = store.job(job_id)
-            assert job is not None
-            changes = jobs.fail_submission(job, f"submit refused: {error}", now)
+            changes = jobs.fail_submission(f"submit refused: {error}", now)
             store.update_job(job_id, dict(changes, submit_outcome="refused"))
     else:
         _record_ambiguous(store, settings, job_id, f"submit outcome unknown: {error}", now)

@@ -209,7 +209,6 @@ class Worker:
         deadline = job["created_at"] + self.settings.submit_timeout_seconds
         if now >= deadline:
             return jobs.fail_submission(
-                job,
                 "no callback revealed the upstream job within SUBMIT_TIMEOUT_SECONDS "
                 f"({job['error'] or 'submit outcome unknown'}); it was not resubmitted",
                 now,
