@@ -179,8 +179,7 @@ def apply_event(
     """Apply one parsed event to its job; return (verdict, job id)."""
     if not envelope.known:
         return "ignored", None
-    by_upstream_id = store.job_by_upstream_id(envelope.upstream_id)
-    job = store.job_by_callback_token(token) if token else None
+    job, by_upstream_id = store.jobs_for_event(token, envelope.upstream_id)
     if job is None:
         job = by_upstream_id
     if job is None:

@@ -123,9 +123,9 @@ class Store:
         )
         conn.row_factory = sqlite3.Row
         self.db = sqlite_utils.Database(conn, execute_plugins=False)
-        self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        self.db.execute("PRAGMA synchronous = FULL")
-        self.db.execute("PRAGMA foreign_keys = ON")
+        self.db.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self.db.conn.execute("PRAGMA synchronous = FULL")
+        self.db.conn.execute("PRAGMA foreign_keys = ON")
         self._write_lock = WriteLock.for_database(self.path)
 
     def __repr__(self) -> str:
@@ -147,7 +147,7 @@ class Store:
     def ping(self) -> bool:
         """Answer whether the database is readable and migrated."""
         try:
-            self.db.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
+            self.db.conn.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
         except sqlite3.Error:
             return False
         return True
@@ -160,10 +160,10 @@ class Store:
                 yield self
             return
         with self._write_lock:
-            self.db.execute("BEGIN IMMEDIATE")
+            self.db.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self
-                self.db.execute("COMMIT")
+                self.db.conn.execute("COMMIT")
             except BaseException:
                 self.db.rollback()  # also when COMMIT itself failed: never leave one open
                 raise
@@ -173,17 +173,17 @@ class Store:
         return GroupCommit.for_database(self.path).run(self, work)
 
     def _one(self, sql: str, params: Iterable[Any] = ()) -> dict[str, Any] | None:
-        row = self.db.execute(sql, list(params)).fetchone()
+        row = self.db.conn.execute(sql, list(params)).fetchone()
         return dict(row) if row is not None else None
 
     def _all(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
-        return [dict(row) for row in self.db.execute(sql, list(params)).fetchall()]
+        return [dict(row) for row in self.db.conn.execute(sql, list(params)).fetchall()]
 
     def _update(self, table: str, where: str, params: list[Any], changes: Mapping[str, Any]) -> int:
         if not changes:
             return 0
         columns = ", ".join(f"{name} = ?" for name in changes)
-        cursor = self.db.execute(
+        cursor = self.db.conn.execute(
             f"UPDATE {table} SET {columns} WHERE {where}", [*changes.values(), *params]
         )
         return cursor.rowcount
@@ -195,7 +195,7 @@ class Store:
         row = dict(job, params=json.dumps(job["params"], sort_keys=True))
         columns = ", ".join(row)
         marks = ", ".join("?" for _ in row)
-        self.db.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", list(row.values()))
+        self.db.conn.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", list(row.values()))
 
     def job(self, job_id: str) -> dict[str, Any] | None:
         """Return the job with our id, or None."""
@@ -210,6 +210,17 @@ class Store:
     def job_by_upstream_id(self, upstream_id: str) -> dict[str, Any] | None:
         """Return the job ModelGates knows as ``upstream_id``."""
         return self._one("SELECT * FROM jobs WHERE upstream_id = ?", [upstream_id])
+
+    def jobs_for_event(
+        self, token: str | None, upstream_id: str
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """Return (the job with this callback token, the job with this upstream id)."""
+        rows = self._all(
+            "SELECT * FROM jobs WHERE callback_token = ? OR upstream_id = ?", [token, upstream_id]
+        )
+        by_token = next((row for row in rows if token and row["callback_token"] == token), None)
+        by_upstream = next((row for row in rows if row["upstream_id"] == upstream_id), None)
+        return by_token, by_upstream
 
     def job_by_callback_token(self, token: str) -> dict[str, Any] | None:
         """Return the job whose callback URL carries ``token``."""
@@ -236,7 +247,7 @@ class Store:
 
     def count_jobs_by_status(self) -> dict[str, int]:
         """Return how many jobs are in each status."""
-        rows = self.db.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall()
+        rows = self.db.conn.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall()
         return {status: count for status, count in rows}
 
     # Outputs ------------------------------------------------------------
@@ -282,7 +293,7 @@ class Store:
         """Store an event; return its id, or None when its dedup key is already stored."""
         columns = ", ".join(event)
         marks = ", ".join("?" for _ in event)
-        cursor = self.db.execute(
+        cursor = self.db.conn.execute(
             f"INSERT INTO events ({columns}) VALUES ({marks}) ON CONFLICT (dedup_key) DO NOTHING",
             list(event.values()),
         )
@@ -333,7 +344,7 @@ class Store:
 
     def count_events(self) -> int:
         """Return how many events are stored."""
-        return int(self.db.execute("SELECT count(*) FROM events").fetchone()[0])
+        return int(self.db.conn.execute("SELECT count(*) FROM events").fetchone()[0])
 
     # Work claiming (worker) ---------------------------------------------------
 
@@ -384,11 +395,11 @@ class Store:
     def release_claims(self, owner: str) -> None:
         """Give up every claim ``owner`` holds, so other workers can take the work at once."""
         with self.transaction():
-            self.db.execute(
+            self.db.conn.execute(
                 "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = ?",
                 [owner],
             )
-            self.db.execute(
+            self.db.conn.execute(
                 "UPDATE outputs SET lease_owner = NULL, lease_expires_at = NULL, status = 'pending'"
                 " WHERE lease_owner = ? AND status = 'downloading'",
                 [owner],
@@ -396,7 +407,7 @@ class Store:
 
     def next_due_at(self) -> float | None:
         """Return the earliest time any poll or download is due."""
-        row = self.db.execute(
+        row = self.db.conn.execute(
             "SELECT min(t) FROM (SELECT min(next_poll_at) AS t FROM jobs"
             " WHERE next_poll_at IS NOT NULL UNION ALL SELECT min(next_attempt_at) FROM outputs"
             " WHERE next_attempt_at IS NOT NULL)"

@@ -122,6 +122,9 @@ class GroupCommit:
     def _commit(store: Store, batch: list[_Pending]) -> None:
         try:
             with store.transaction():
+                if len(batch) == 1:  # alone: the transaction itself isolates the write
+                    batch[0].result = batch[0].work(store)
+                    return
                 for pending in batch:
                     try:
                         with store.db.atomic():
