@@ -230,9 +230,10 @@ def run(keep: bool, echo: Callable[[str], None] = print) -> int:
         if slow:
             failures.append(f"{', '.join(slow)} took more than {STOP_SECONDS:.0f}s to stop")
     except DemoFailed as error:
-        processes.stop()
         echo(f"\ndemo FAILED: {error} (logs in {home})")
         return 1
+    finally:
+        processes.stop()  # a no-op for processes already stopped; never leave any behind
     if failures:
         echo("\ndemo FAILED:\n  " + "\n  ".join(failures) + f"\n(logs in {home})")
         return 1
