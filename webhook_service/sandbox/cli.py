@@ -1,75 +1,98 @@
-"""`webhook-service sandbox`: run the development stand-in for ModelGates."""
+"""``webhook-service sandbox``: run the development sandbox (not ModelGates) on loopback.
+
+Every ``SandboxSettings`` knob is an option, built from the field's metadata so the
+two cannot drift apart.  SIGINT and SIGTERM stop the server cleanly (exit 0).
+"""
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import Field, fields
 from types import FrameType
 from typing import Any, TypeVar
 
 import click
 
+from .loopback import is_loopback_host
 from .server import SandboxServer
-from .state import SandboxSettings
+from .settings import RANGE_MODES, SandboxSettings
 
+BANNER = "development sandbox — not ModelGates"
 F = TypeVar("F", bound=Callable[..., Any])
 
-KNOB_HELP = {
-    "pending_seconds": "Seconds a job stays pending.",
-    "in_progress_seconds": "Seconds a job stays in_progress before its outcome.",
-    "content_size": "Bytes per output (0 serves a small real MP4).",
-    "error_rate": "Share of API requests answered with an injected 429/500.",
-    "retry_after": "Retry-After seconds sent with 429/503.",
-    "drop_callbacks": "Share of jobs whose callback is never sent.",
-    "duplicate_callbacks": "Share of callbacks sent twice.",
-    "callback_delay_seconds": "Delay before each callback.",
-    "reorder_callbacks": "Shuffle callbacks that fall due together.",
-    "truncate_downloads": "Share of downloads cut off half way.",
-    "range_support": "'206' honours Range requests; 'ignore' answers 200.",
-    "callback_attempts": "Delivery attempts per callback.",
-    "ca_file": "CA bundle that verifies https:// callback URLs.",
-    "require_https_callbacks": "Refuse http:// callback URLs like the real API.",
-    "throttle_bytes_per_second": "Serve downloads at most this fast (0: unlimited).",
-    "seed": "Random seed for reproducible misbehaviour.",
+_DEFAULTS = SandboxSettings().as_dict()
+_TYPES: dict[str, Any] = {
+    "seconds": click.FloatRange(min=0),
+    "share": click.FloatRange(0, 1),
+    "size": click.IntRange(min=0),
+    "attempts": click.IntRange(min=1),
+    "statuses": str,
+    "range": click.Choice(RANGE_MODES),
+    "path": click.Path(exists=True, dir_okay=False),
+    "seed": int,
 }
 
 
+def _parse_statuses(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter("give HTTP statuses separated by commas, e.g. 429,500") from None
+
+
+def _knob_option(knob: Field[Any]) -> Callable[[F], F]:
+    flag = "--" + knob.name.replace("_", "-")
+    kind, help_text = knob.metadata["kind"], knob.metadata["help"]
+    default = _DEFAULTS[knob.name]
+    if kind == "flag":
+        return click.option(
+            f"{flag}/--no-{flag[2:]}", knob.name, default=default, show_default=True, help=help_text
+        )
+    if kind == "statuses":
+        default = ",".join(str(status) for status in default)
+    return click.option(
+        flag,
+        knob.name,
+        type=_TYPES[kind],
+        default=default,
+        show_default=default is not None,
+        callback=_parse_statuses if kind == "statuses" else None,
+        help=help_text,
+    )
+
+
 def _knob_options(command: F) -> F:
-    for knob in reversed([f for f in fields(SandboxSettings) if f.name in KNOB_HELP]):
-        flag = "--" + knob.name.replace("_", "-")
-        default = knob.default
-        if isinstance(default, bool):
-            option = click.option(flag, knob.name, is_flag=True, help=KNOB_HELP[knob.name])
-        else:
-            kind = {
-                "pending_seconds": float,
-                "in_progress_seconds": float,
-                "error_rate": float,
-                "drop_callbacks": float,
-                "duplicate_callbacks": float,
-                "callback_delay_seconds": float,
-                "truncate_downloads": float,
-            }.get(knob.name, int if isinstance(default, int) else str)
-            option = click.option(
-                flag,
-                knob.name,
-                type=kind,
-                default=default,
-                show_default=True,
-                help=KNOB_HELP[knob.name],
-            )
-        command = option(command)
+    for knob in reversed(fields(SandboxSettings)):
+        command = _knob_option(knob)(command)
     return command
 
 
 @click.command(
-    help="Run the development sandbox — not ModelGates: a local stand-in for the "
-    "ModelGates video API, with knobs to make it misbehave. Loopback only."
+    help=(
+        f"Run the {BANNER}: a local stand-in for the ModelGates video API for tests, "
+        "demos and benchmarks, with knobs to make it misbehave. It listens on loopback "
+        "only and sends callbacks to loopback addresses only. Admin endpoints live under "
+        "/_sandbox/ (jobs, stats, settings, faults, advance, reset)."
+    )
 )
-@click.option("--port", default=8090, show_default=True, help="Port to listen on.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8090,
+    show_default=True,
+    help="TCP port to listen on (0 picks a free one).",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind: 127.0.0.0/8, ::1 or localhost only.",
+)
 @click.option(
     "--api-key",
     envvar="SANDBOX_API_KEY",
@@ -84,23 +107,41 @@ def _knob_options(command: F) -> F:
     show_default=True,
     help="Secret that signs callbacks (env SANDBOX_WEBHOOK_SECRET).",
 )
+@click.option("--verbose", "-v", is_flag=True, help="Log every request.")
 @_knob_options
 def sandbox_command(
-    port: int, host: str, api_key: str, webhook_secret: str, **knobs: object
+    port: int, host: str, api_key: str, webhook_secret: str, verbose: bool, **knobs: Any
 ) -> None:
+    """Serve the development sandbox until SIGINT or SIGTERM."""
+    if not is_loopback_host(host):
+        raise click.BadParameter(f"{host!r} is not a loopback address", param_hint="--host")
+    settings = SandboxSettings()
     try:
-        server = SandboxServer(host, port, api_key, webhook_secret, SandboxSettings(**knobs))  # type: ignore[arg-type]
-    except (OSError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
-    click.echo(f"development sandbox — not ModelGates — listening on {server.base_url}")
-    click.echo(
-        f"  MODELGATES_BASE_URL={server.base_url}  MODELGATES_API_KEY={api_key}  "
-        f"MODELGATES_WEBHOOK_SECRETS={webhook_secret}"
-    )
+        settings.update(knobs)
+        server = SandboxServer(host, port, api_key, webhook_secret, settings)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    except OSError as error:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {error}") from None
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger(__package__).setLevel(logging.DEBUG if verbose else logging.INFO)
+    origin = server.base_url.removesuffix("/api/v1")
+    click.echo(f"{BANNER}\n  listening on {origin} (admin: {origin}/_sandbox/stats)")
+    click.echo(f"  MODELGATES_BASE_URL={server.base_url}")
+    click.echo(f"  MODELGATES_API_KEY={api_key}")
+    click.echo(f"  MODELGATES_WEBHOOK_SECRETS={webhook_secret}")
+    stopping = threading.Event()
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        threading.Thread(target=server.stop, daemon=True).start()
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    server.serve_forever()
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    server.start()
+    try:
+        while not stopping.wait(0.2):
+            pass
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    click.echo("sandbox stopped")
