@@ -128,3 +128,26 @@ def test_the_part_file_name_carries_the_claims_fence(tmp_path):
     assert first.path != second.path and first.path.name == "0.mp4.part-1"
     first.discard()
     second.discard()
+
+
+def test_a_resume_answering_an_unknown_total_still_has_to_reach_the_first_length(tmp_path):
+    calls = []
+
+    def handler(request):
+        calls.append(request)
+        if len(calls) == 1:
+            return httpx.Response(
+                200, headers={"Content-Length": str(len(VIDEO))}, stream=Stream(VIDEO, 100)
+            )
+        start = int(request.headers["Range"].removeprefix("bytes=").rstrip("-"))
+        return httpx.Response(
+            206,
+            stream=Stream(VIDEO[start : start + 100]),
+            headers={"Content-Range": f"bytes {start}-{start + 99}/*"},
+        )
+
+    target = PartialFile(tmp_path / "0.mp4", fence=1)
+    with pytest.raises(BodyMismatch, match="ended at"):
+        fetch(client_for(handler), "job-1", 0, target)
+    target.discard()
+    assert not (tmp_path / "0.mp4").exists()

@@ -386,3 +386,26 @@ def test_releasing_a_workers_claims_frees_its_work_at_once(app, sandbox):
     assert other.store.claim_due_jobs(other.owner, now, now + 60, 10) == []
     worker.store.release_claims(worker.owner)
     assert len(other.store.claim_due_jobs(other.owner, now, now + 60, 10)) == 1
+
+
+def test_an_ambiguous_answer_after_the_deadline_leaves_the_ended_job_alone(env, sandbox):
+    app = create_app({**env, "SUBMIT_TIMEOUT_SECONDS": "5", "MODELGATES_TIMEOUT_SECONDS": "3"})
+    client = app.test_client()
+    worker = make_worker(app)
+    sandbox.add_fault(endpoint="submit", status=500, hang_seconds=1.5)
+    answers = {}
+    thread = threading.Thread(
+        target=lambda: answers.update(r=client.post("/api/jobs", json=VALID, headers=AUTH))
+    )
+    thread.start()
+    deadline = time.time() + 5
+    while not worker.store.list_jobs(None, 1, None) and time.time() < deadline:
+        time.sleep(0.02)
+    [row] = worker.store.list_jobs(None, 1, None)
+    worker.run_once(row["created_at"] + 700)  # past every deadline, while still in flight
+    thread.join(10)
+    assert answers["r"].status_code == 502
+    job = worker.store.job(row["id"])
+    assert job["status"] == "submit_failed" and job["next_poll_at"] is None
+    assert "not resubmitted" in job["error"]
+    assert worker.run_once(row["created_at"] + 10_000) == 0

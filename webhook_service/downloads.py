@@ -79,7 +79,7 @@ def _position(
         full = None if match.group(3) == "*" else int(match.group(3))
         if total is not None and full is not None and full != total:
             raise BodyMismatch("the file changed size between requests")
-        return full
+        return full if full is not None else total  # "/*" must not forget a known size
     if start:
         target.restart()  # a 200 to a range request: start over
     return int(length) if length is not None and length.isdigit() else None

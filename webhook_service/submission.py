@@ -197,8 +197,8 @@ def _record_ambiguous(
     with store.transaction():
         job = store.job(job_id)
         assert job is not None
-        if job["upstream_id"]:
-            return  # a callback bearing our token answered the question meanwhile
+        if job["upstream_id"] or jobs.is_terminal(job["status"]):
+            return  # a callback, or the worker's deadline, settled the job meanwhile
         store.update_job(
             job_id,
             {

@@ -105,7 +105,10 @@ class Worker:
                 self.store.finish_job_claim(job["id"], job["fence"], {})
                 continue
             self._poll(job, now)
-        self._in_flight = {f: o for f, o in self._in_flight.items() if not f.done()}
+        for future in [f for f in self._in_flight if f.done()]:
+            if future.exception() is not None:  # the claim expires; another round retries
+                log.error("download failed unexpectedly", exc_info=future.exception())
+            del self._in_flight[future]
         free = self.concurrency - len(self._in_flight)
         outputs = []
         if free > 0 and not self.stopping.is_set():
@@ -151,13 +154,16 @@ class Worker:
     # Polls --------------------------------------------------------------------
 
     def _poll(self, job: dict[str, Any], now: float) -> None:
-        if job["status"] == jobs.SUBMITTING and not job["upstream_id"]:
+        if not job["upstream_id"]:
             with self.store.transaction():
                 # Decide on the current row: a callback may have settled it since the claim.
                 fresh = self.store.job(job["id"])
                 assert fresh is not None
-                unsettled = fresh["status"] == jobs.SUBMITTING and not fresh["upstream_id"]
-                changes = self._settle_submit(fresh, now) if unsettled else {}
+                changes: dict[str, Any] = {}  # revealed meanwhile: its new schedule stands
+                if fresh["status"] == jobs.SUBMITTING and not fresh["upstream_id"]:
+                    changes = self._settle_submit(fresh, now)
+                elif not fresh["upstream_id"]:
+                    changes = {"next_poll_at": None}  # ended without an upstream job
                 self.store.finish_job_claim(job["id"], job["fence"], changes)
             return
         retry_after, not_found = None, 0
