@@ -66,11 +66,16 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
-@pytest.fixture
-def store(app: Flask) -> Iterator[Store]:
+def open_store(app: Flask) -> Iterator[Store]:
+    """A separate connection to an app's database, closed after the test."""
     opened = Store(app.extensions["webhook_service"].settings.database_path)
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def store(app: Flask) -> Iterator[Store]:
+    yield from open_store(app)
 
 
 @pytest.fixture
@@ -86,9 +91,7 @@ def hooks(hook_app: Flask) -> FlaskClient:
 
 @pytest.fixture
 def db(hook_app: Flask) -> Iterator[Store]:
-    opened = Store(hook_app.extensions["webhook_service"].settings.database_path)
-    yield opened
-    opened.close()
+    yield from open_store(hook_app)
 
 
 class LiveServer:

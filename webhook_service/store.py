@@ -207,10 +207,6 @@ class Store:
             "SELECT * FROM jobs WHERE client = ? AND idempotency_key = ?", [client, key]
         )
 
-    def job_by_upstream_id(self, upstream_id: str) -> dict[str, Any] | None:
-        """Return the job ModelGates knows as ``upstream_id``."""
-        return self._one("SELECT * FROM jobs WHERE upstream_id = ?", [upstream_id])
-
     def jobs_for_event(
         self, token: str | None, upstream_id: str
     ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -221,10 +217,6 @@ class Store:
         by_token = next((row for row in rows if token and row["callback_token"] == token), None)
         by_upstream = next((row for row in rows if row["upstream_id"] == upstream_id), None)
         return by_token, by_upstream
-
-    def job_by_callback_token(self, token: str) -> dict[str, Any] | None:
-        """Return the job whose callback URL carries ``token``."""
-        return self._one("SELECT * FROM jobs WHERE callback_token = ?", [token])
 
     def update_job(self, job_id: str, changes: Mapping[str, Any]) -> None:
         """Set columns of one job."""
