@@ -34,6 +34,7 @@ from webhook_service.demo import API_KEY as KEY  # noqa: E402
 from webhook_service.demo import free_port, sandbox_command, wait_for  # noqa: E402
 from webhook_service.modelgates import ModelGatesClient  # noqa: E402
 from webhook_service.store import Store  # noqa: E402
+from webhook_service.store.sqlite import SqliteStore  # noqa: E402
 from webhook_service.worker import Worker  # noqa: E402
 
 
@@ -71,7 +72,7 @@ def child(base_url: str, upstream_id: str, work: Path) -> None:
     settings = load_settings(
         {"DATABASE_PATH": str(work / "child.sqlite3"), "MEDIA_DIR": str(work / "videos")}
     )
-    store = Store(settings.database_path)
+    store = SqliteStore(settings.database_path)
     store.migrate()
     now = time.time()
     with store.transaction():
@@ -163,7 +164,7 @@ def download_rounds(size: int, rounds: int, work: Path) -> dict[str, object]:
 
 def tick_cost(finished: int, due: int, work: Path, repeats: int = 20) -> float:
     """Median seconds to claim ``due`` jobs and outputs among ``finished`` finished jobs."""
-    store = Store(work / f"tick-{finished}.sqlite3")
+    store = SqliteStore(work / f"tick-{finished}.sqlite3")
     store.migrate()
     now = time.time()
     with store.transaction():

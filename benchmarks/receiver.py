@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from webhook_service.signatures import sign  # noqa: E402
 from webhook_service.store import Store  # noqa: E402
+from webhook_service.store.sqlite import SqliteStore  # noqa: E402
 
 SECRET = "bench-secret"
 WORKERS, THREADS = "2", "4"
@@ -260,7 +261,7 @@ def main() -> None:
     wrk = ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="receiver-bench-"))
     db_path = work / "bench.sqlite3"
-    store = Store(db_path)
+    store = SqliteStore(db_path)
     store.migrate()
     make_jobs(store, 100_000)
     env = {

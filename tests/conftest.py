@@ -14,6 +14,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from webhook_service import create_app
 from webhook_service.store import Store
+from webhook_service.store import open_store as open_configured_store
 
 API_TOKEN = "test-api-token"
 WEBHOOK_SECRET = "test-webhook-secret"
@@ -68,7 +69,7 @@ def client(app: Flask) -> FlaskClient:
 
 def open_store(app: Flask) -> Iterator[Store]:
     """A separate connection to an app's database, closed after the test."""
-    opened = Store(app.extensions["webhook_service"].settings.database_path)
+    opened = open_configured_store(app.extensions["webhook_service"].settings)
     yield opened
     opened.close()
 

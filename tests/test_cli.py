@@ -11,7 +11,7 @@ from conftest import LiveServer
 from test_webhooks import event_body, make_job, signed
 
 from webhook_service.cli import cli
-from webhook_service.store import Store
+from webhook_service.store.sqlite import SqliteStore
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def run(*args):
 def test_migrate_creates_the_database(cli_env):
     result = run("migrate")
     assert result.exit_code == 0 and "database ready" in result.output
-    assert Store(cli_env["DATABASE_PATH"]).ping()
+    assert SqliteStore(cli_env["DATABASE_PATH"]).ping()
 
 
 def test_send_test_event_signs_like_modelgates_and_the_receiver_applies_it(cli_env, hook_app, db):

@@ -12,7 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import context, errors
 from .config import ConfigError, Settings, load_settings
-from .store import Store
+from .store import open_store
 
 API_BODY_LIMIT = 50 * 1024 * 1024
 
@@ -36,7 +36,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     _configure_logging(app)
 
     _prepare_folders(settings)
-    migrations = Store(settings.database_path)
+    migrations = open_store(settings)
     try:
         migrations.migrate()
     finally:

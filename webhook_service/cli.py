@@ -20,7 +20,7 @@ from . import events
 from .config import ConfigError, load_settings
 from .sandbox.cli import sandbox_command
 from .signatures import sign
-from .store import Store
+from .store import Store, open_store
 
 STOP_DEADLINE_SECONDS = 9.5
 
@@ -34,7 +34,7 @@ def cli() -> None:
 def _store() -> Iterator[Store]:
     settings = load_settings()
     settings.database_path.parent.mkdir(parents=True, exist_ok=True)
-    store = Store(settings.database_path)
+    store = open_store(settings)
     try:
         store.migrate()
         yield store
@@ -46,7 +46,7 @@ def _store() -> Iterator[Store]:
 def migrate() -> None:
     """Apply pending database migrations (the Procfile's release step)."""
     with _store() as store:
-        click.echo(f"database ready at {store.path}")
+        click.echo(f"database ready: {store.describe()}")
 
 
 @cli.command()

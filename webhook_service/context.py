@@ -14,7 +14,7 @@ from flask import Flask, current_app
 from .config import Settings
 from .errors import NotConfigured
 from .modelgates import ModelGatesClient
-from .store import Store
+from .store import Store, open_store
 from .submission import ModelCatalog
 
 EXTENSION = "webhook_service"
@@ -49,7 +49,7 @@ class Services:
         """Return this thread's connection to the database."""
         opened: Store | None = getattr(self._stores, "store", None)
         if opened is None:
-            opened = self._stores.store = Store(self.settings.database_path)
+            opened = self._stores.store = open_store(self.settings)
         return opened
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from .store import Store
+from .store.sqlite import SqliteStore
 
 API_TOKEN = "demo-token"
 WEBHOOK_SECRET = "demo-webhook-secret"
@@ -292,7 +292,7 @@ def _check(
     api: httpx.Client, sandbox: httpx.Client, home: Path, echo: Callable[[str], None]
 ) -> list[str]:
     failures = []
-    store = Store(home / "webhook_service.sqlite3")
+    store = SqliteStore(home / "webhook_service.sqlite3")
     echo(
         f"\n{'job':<28} {'scenario':<19} {'status':<10} {'source':<9} {'idx':>3} "
         f"{'bytes':>8}  {'sha256':<16}  file"

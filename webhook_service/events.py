@@ -18,14 +18,13 @@ import hashlib
 import json
 import logging
 import re
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from . import jobs
 from .signatures import IDEMPOTENCY_HEADERS, Headers, header_value
-from .store import Store
+from .store import Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +160,7 @@ def receive(
 
     try:
         return store.batched(store_and_apply)
-    except sqlite3.Error:
+    except StoreUnavailable:
         raise  # the database itself failed: answer 500 so the sender retries
     except Exception as error:
         # Applying failed (a bug, say): keep the event for `replay`, still acknowledged.

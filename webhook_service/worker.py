@@ -27,7 +27,7 @@ from . import jobs, media
 from .config import Settings
 from .downloads import DownloadAborted, fetch
 from .modelgates import APIError, ModelGatesClient, ModelGatesError, RequestRefused
-from .store import Store
+from .store import Store, open_store
 from .submission import in_flight_deadline
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class Worker:
     def store(self) -> Store:
         """This thread's store connection."""
         if not hasattr(self._local, "store"):
-            self._local.store = Store(self.settings.database_path)
+            self._local.store = open_store(self.settings)
         opened: Store = self._local.store
         return opened
 

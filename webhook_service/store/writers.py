@@ -13,10 +13,12 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
+
+from .base import T
 
 if TYPE_CHECKING:
-    from .store import Store
+    from .sqlite import SqliteStore
 
 
 class WriteLock:
@@ -64,13 +66,10 @@ class WriteLock:
         self._thread_lock.release()
 
 
-T = TypeVar("T")
-
-
 class _Pending:
     """One write waiting to ride in a shared transaction."""
 
-    def __init__(self, work: Callable[[Store], Any]) -> None:
+    def __init__(self, work: Callable[[SqliteStore], Any]) -> None:
         self.work = work
         self.done = False
         self.result: Any = None
@@ -103,7 +102,7 @@ class GroupCommit:
                 cls._instances[key] = cls()
             return cls._instances[key]
 
-    def run(self, store: Store, work: Callable[[Store], T]) -> T:
+    def run(self, store: SqliteStore, work: Callable[[SqliteStore], T]) -> T:
         """Run ``work(store)`` inside a committed transaction and return its result."""
         mine = _Pending(work)
         with self._queue_lock:
@@ -119,7 +118,7 @@ class GroupCommit:
         return result
 
     @staticmethod
-    def _commit(store: Store, batch: list[_Pending]) -> None:
+    def _commit(store: SqliteStore, batch: list[_Pending]) -> None:
         try:
             with store.transaction():
                 if len(batch) == 1:  # alone: the transaction itself isolates the write

@@ -1,4 +1,4 @@
-"""The SQLite store: the schema, and every SQL statement the service runs.
+"""The SQLite engine: its schema, and every SQL statement the service runs on it.
 
 One `Store` wraps one connection (sqlite-utils `Database`).  WAL, a busy timeout
 and `synchronous=FULL` are set when it opens, so a committed row survives a power
@@ -21,7 +21,8 @@ from typing import Any
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from .writers import GroupCommit, T, WriteLock
+from .base import Row, Store, StoreUnavailable, T
+from .writers import GroupCommit, WriteLock
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -110,8 +111,8 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     )
 
 
-class Store:
-    """All persistence of jobs, outputs and webhook events."""
+class SqliteStore(Store):
+    """The store on one SQLite file, through one connection (one per thread)."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -123,13 +124,17 @@ class Store:
         )
         conn.row_factory = sqlite3.Row
         self.db = sqlite_utils.Database(conn, execute_plugins=False)
-        self.db.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        self.db.conn.execute("PRAGMA synchronous = FULL")
-        self.db.conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
         self._write_lock = WriteLock.for_database(self.path)
 
     def __repr__(self) -> str:
-        return f"<Store {self.path}>"
+        return f"<SqliteStore {self.path}>"
+
+    def describe(self) -> str:
+        """Say which database this is, for people."""
+        return f"SQLite file {self.path}"
 
     def close(self) -> None:
         """Close the connection."""
@@ -153,37 +158,46 @@ class Store:
         return True
 
     @contextmanager
-    def transaction(self) -> Iterator[Store]:
+    def transaction(self) -> Iterator[SqliteStore]:
         """Run a block under BEGIN IMMEDIATE, queued on the WriteLock; nested: a savepoint."""
         if self.db.conn.in_transaction:
             with self.db.atomic():
                 yield self
             return
         with self._write_lock:
-            self.db.conn.execute("BEGIN IMMEDIATE")
             try:
-                yield self
-                self.db.conn.execute("COMMIT")
-            except BaseException:
-                self.db.rollback()  # also when COMMIT itself failed: never leave one open
-                raise
+                self.db.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self
+                    self.db.conn.execute("COMMIT")
+                except BaseException:
+                    self.db.rollback()  # also when COMMIT itself failed: never leave one open
+                    raise
+            except sqlite3.OperationalError as error:  # locked past the timeout, disk I/O
+                raise StoreUnavailable(f"SQLite: {error}") from error
 
     def batched(self, work: Callable[[Store], T]) -> T:
         """Run a short write in a transaction shared with other threads' writes."""
         return GroupCommit.for_database(self.path).run(self, work)
 
-    def _one(self, sql: str, params: Iterable[Any] = ()) -> dict[str, Any] | None:
-        row = self.db.conn.execute(sql, list(params)).fetchone()
+    def _execute(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        try:
+            return self.db.conn.execute(sql, list(params))
+        except sqlite3.OperationalError as error:
+            raise StoreUnavailable(f"SQLite: {error}") from error
+
+    def _one(self, sql: str, params: Iterable[Any] = ()) -> Row | None:
+        row = self._execute(sql, params).fetchone()
         return dict(row) if row is not None else None
 
-    def _all(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
-        return [dict(row) for row in self.db.conn.execute(sql, list(params)).fetchall()]
+    def _all(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
+        return [dict(row) for row in self._execute(sql, params).fetchall()]
 
     def _update(self, table: str, where: str, params: list[Any], changes: Mapping[str, Any]) -> int:
         if not changes:
             return 0
         columns = ", ".join(f"{name} = ?" for name in changes)
-        cursor = self.db.conn.execute(
+        cursor = self._execute(
             f"UPDATE {table} SET {columns} WHERE {where}", [*changes.values(), *params]
         )
         return cursor.rowcount
@@ -195,13 +209,13 @@ class Store:
         row = dict(job, params=json.dumps(job["params"], sort_keys=True))
         columns = ", ".join(row)
         marks = ", ".join("?" for _ in row)
-        self.db.conn.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", list(row.values()))
+        self._execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", list(row.values()))
 
-    def job(self, job_id: str) -> dict[str, Any] | None:
+    def job(self, job_id: str) -> Row | None:
         """Return the job with our id, or None."""
         return self._one("SELECT * FROM jobs WHERE id = ?", [job_id])
 
-    def job_by_idempotency_key(self, client: str, key: str) -> dict[str, Any] | None:
+    def job_by_idempotency_key(self, client: str, key: str) -> Row | None:
         """Return the job a client submitted under an Idempotency-Key."""
         return self._one(
             "SELECT * FROM jobs WHERE client = ? AND idempotency_key = ?", [client, key]
@@ -209,7 +223,7 @@ class Store:
 
     def jobs_for_event(
         self, token: str | None, upstream_id: str
-    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    ) -> tuple[Row | None, Row | None]:
         """Return (the job with this callback token, the job with this upstream id)."""
         rows = self._all(
             "SELECT * FROM jobs WHERE callback_token = ? OR upstream_id = ?", [token, upstream_id]
@@ -224,7 +238,7 @@ class Store:
 
     def list_jobs(
         self, status: str | None, limit: int, before_seq: int | None
-    ) -> list[dict[str, Any]]:
+    ) -> list[Row]:
         """Return jobs newest first, optionally filtered, older than ``before_seq``."""
         where: list[str] = []
         params: list[Any] = []
@@ -239,7 +253,7 @@ class Store:
 
     def count_jobs_by_status(self) -> dict[str, int]:
         """Return how many jobs are in each status."""
-        rows = self.db.conn.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall()
+        rows = self._execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall()
         return {status: count for status, count in rows}
 
     # Outputs ------------------------------------------------------------
@@ -252,10 +266,10 @@ class Store:
             [(job_id, index, now, now, now) for index in range(count)],
         )
 
-    def outputs(self, job_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+    def outputs(self, job_ids: Iterable[str]) -> dict[str, list[Row]]:
         """Return each job's outputs by index, for many jobs in one query."""
         ids = list(job_ids)
-        found: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id in ids}
+        found: dict[str, list[Row]] = {job_id: [] for job_id in ids}
         if not ids:
             return found
         marks = ", ".join("?" for _ in ids)
@@ -265,7 +279,7 @@ class Store:
             found[row["job_id"]].append(row)
         return found
 
-    def output(self, job_id: str, index: int) -> dict[str, Any] | None:
+    def output(self, job_id: str, index: int) -> Row | None:
         """Return one output row."""
         return self._one("SELECT * FROM outputs WHERE job_id = ? AND idx = ?", [job_id, index])
 
@@ -285,7 +299,7 @@ class Store:
         """Store an event; return its id, or None when its dedup key is already stored."""
         columns = ", ".join(event)
         marks = ", ".join("?" for _ in event)
-        cursor = self.db.conn.execute(
+        cursor = self._execute(
             f"INSERT INTO events ({columns}) VALUES ({marks}) ON CONFLICT (dedup_key) DO NOTHING",
             list(event.values()),
         )
@@ -295,11 +309,11 @@ class Store:
         """Set columns of one stored event."""
         self._update("events", "id = ?", [event_id], changes)
 
-    def event(self, event_id: int) -> dict[str, Any] | None:
+    def event(self, event_id: int) -> Row | None:
         """Return one stored event."""
         return self._one("SELECT * FROM events WHERE id = ?", [event_id])
 
-    def waiting_events(self, upstream_id: str | None, token: str) -> list[dict[str, Any]]:
+    def waiting_events(self, upstream_id: str | None, token: str) -> list[Row]:
         """Return events kept for a job that did not exist (or had no upstream id) yet."""
         return self._all(
             "SELECT * FROM events WHERE verdict = 'waiting' AND (callback_token = ?"
@@ -314,7 +328,7 @@ class Store:
         upstream_id: str | None = None,
         since: float | None = None,
         limit: int = 50,
-    ) -> list[dict[str, Any]]:
+    ) -> list[Row]:
         """Return stored events newest first, filtered."""
         where: list[str] = []
         params: list[Any] = []
@@ -336,25 +350,25 @@ class Store:
 
     def count_events(self) -> int:
         """Return how many events are stored."""
-        return int(self.db.conn.execute("SELECT count(*) FROM events").fetchone()[0])
+        return int(self._execute("SELECT count(*) FROM events").fetchone()[0])
 
     # Work claiming (worker) ---------------------------------------------------
 
     def claim_due_jobs(
         self, owner: str, now: float, until: float, limit: int
-    ) -> list[dict[str, Any]]:
+    ) -> list[Row]:
         """Lease up to ``limit`` jobs whose poll is due; each claim bumps the job's fence."""
         return self._claim("jobs", "id", "next_poll_at", owner, now, until, limit)
 
     def claim_due_outputs(
         self, owner: str, now: float, until: float, limit: int
-    ) -> list[dict[str, Any]]:
+    ) -> list[Row]:
         """Lease up to ``limit`` outputs whose download is due."""
         return self._claim("outputs", "rowid", "next_attempt_at", owner, now, until, limit)
 
     def _claim(
         self, table: str, key: str, due: str, owner: str, now: float, until: float, limit: int
-    ) -> list[dict[str, Any]]:
+    ) -> list[Row]:
         # The due column's partial index makes this a range scan of due rows only.
         with self.transaction():
             return self._all(
@@ -364,6 +378,12 @@ class Store:
                 f"   ORDER BY {due} LIMIT ?) RETURNING *",
                 [owner, until, now, now, limit],
             )
+
+    def renew_job_lease(self, job_id: str, fence: int, until: float) -> bool:
+        """Extend a poll's lease; False when a newer claim took it over."""
+        with self.transaction():
+            changes = {"lease_expires_at": until}
+            return self._update("jobs", "id = ? AND fence = ?", [job_id, fence], changes) == 1
 
     def renew_output_lease(self, job_id: str, index: int, fence: int, until: float) -> bool:
         """Extend a download's lease; False when a newer claim took it over."""
@@ -387,11 +407,11 @@ class Store:
     def release_claims(self, owner: str) -> None:
         """Give up every claim ``owner`` holds, so other workers can take the work at once."""
         with self.transaction():
-            self.db.conn.execute(
+            self._execute(
                 "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = ?",
                 [owner],
             )
-            self.db.conn.execute(
+            self._execute(
                 "UPDATE outputs SET lease_owner = NULL, lease_expires_at = NULL, status = 'pending'"
                 " WHERE lease_owner = ? AND status = 'downloading'",
                 [owner],
@@ -399,7 +419,7 @@ class Store:
 
     def next_due_at(self) -> float | None:
         """Return the earliest time any poll or download is due."""
-        row = self.db.conn.execute(
+        row = self._execute(
             "SELECT min(t) FROM (SELECT min(next_poll_at) AS t FROM jobs"
             " WHERE next_poll_at IS NOT NULL UNION ALL SELECT min(next_attempt_at) FROM outputs"
             " WHERE next_attempt_at IS NOT NULL)"
