@@ -10,7 +10,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import context, errors
+from . import context, errors, submission
 from .config import ConfigError, Settings, load_settings
 from .store import open_store
 
@@ -39,6 +39,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     migrations = open_store(settings)
     try:
         migrations.migrate()
+        submission.record_held(migrations, settings)
     finally:
         migrations.close()
 

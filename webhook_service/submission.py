@@ -17,9 +17,10 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
-from . import events, jobs
+from . import accepted, events, jobs
 from .config import Settings
 from .errors import Conflict, PayloadTooLarge, ServiceError, UpstreamError, ValidationError
 from .modelgates import (
@@ -30,7 +31,7 @@ from .modelgates import (
     RequestRefused,
     TransportError,
 )
-from .store import Store
+from .store import Store, StoreUnavailable, open_store
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,9 @@ DEFAULT_RETRY_AFTER = 30
 # slow link may take minutes, so only after this long is a submit with no outcome dead.
 IN_FLIGHT_GRACE_SECONDS = 600.0
 MODELS_TTL_SECONDS = 300.0
+# How long a submit request keeps retrying to record an accepted job before it
+# hands the upstream id to the held-submits spool and answers 503.
+RECORD_RETRY_SECONDS = 15.0
 
 
 class ModelCatalog:
@@ -102,6 +106,7 @@ def submit(
     idempotency_key: str | None,
     params: dict[str, Any],
     clock: Callable[[], float] = time.time,
+    record_for: float = RECORD_RETRY_SECONDS,
 ) -> tuple[dict[str, Any], bool]:
     """Submit ``params`` upstream once; return (job row, whether this call created it)."""
     digest = request_hash(params)
@@ -138,7 +143,73 @@ def submit(
     except Exception:
         _record_ambiguous(store, settings, job_id, "the submit failed unexpectedly", clock())
         raise
-    return record_accepted(store, settings, job_id, answer, clock()), True
+    upstream_id = answer.get("id")
+    if not isinstance(upstream_id, str) or not events.UPSTREAM_ID.match(upstream_id):
+        no_id = APIError(502, "submit answer carried no usable job id")
+        raise _record_failure(store, settings, job_id, no_id, clock())
+    return _record_until_it_sticks(store, settings, job_id, answer, clock, record_for), True
+
+
+def held_submits(settings: Settings) -> Path:
+    """The folder where accepted submits wait when the database cannot take them."""
+    return settings.database_path.parent / "held-submits"
+
+
+def record_held(store: Store, settings: Settings) -> int:
+    """Record accepted submits left on disk by an earlier outage; return how many remain."""
+    return accepted.drain(held_submits(settings), store, _recorder(settings))
+
+
+def _recorder(settings: Settings) -> accepted.Record:
+    def record(store: Store, job_id: str, answer: Mapping[str, Any]) -> object:
+        return record_accepted(store, settings, job_id, answer, time.time())
+
+    return record
+
+
+def _record_until_it_sticks(
+    store: Store,
+    settings: Settings,
+    job_id: str,
+    answer: Mapping[str, Any],
+    clock: Callable[[], float],
+    record_for: float,
+) -> dict[str, Any]:
+    """Record upstream's 202, retrying while the database is unavailable.
+
+    Past ``record_for`` the answer is held on disk and recorded in the background;
+    the client gets 503 naming the job, which is not to be resubmitted.
+    """
+    deadline, pause = time.monotonic() + record_for, 0.05
+    while True:
+        try:
+            return record_accepted(store, settings, job_id, answer, clock())
+        except StoreUnavailable as error:
+            if time.monotonic() + pause > deadline:
+                unavailable = error
+                break
+            log.warning("recording accepted submit %s failed (%s); retrying", job_id, error)
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+    folder = held_submits(settings)
+    accepted.hold(folder, job_id, answer)
+    log.error(
+        "ModelGates accepted job %s as %s but the database is unavailable (%s); held in %s"
+        " and recorded when the database is back",
+        job_id,
+        answer.get("id"),
+        unavailable,
+        folder,
+    )
+    accepted.drain_in_background(folder, lambda: open_store(settings), _recorder(settings))
+    raise ServiceError(
+        "ModelGates accepted the job, but the database is unavailable; it will be recorded"
+        " when the database is back. Do not resubmit it.",
+        {"job_id": job_id, "upstream_id": answer.get("id")},
+        status=503,
+        error_code="accepted_not_recorded",
+        headers={"Retry-After": str(DEFAULT_RETRY_AFTER)},
+    )
 
 
 def replayed(
@@ -169,11 +240,6 @@ def record_accepted(
     store: Store, settings: Settings, job_id: str, answer: Mapping[str, Any], now: float
 ) -> dict[str, Any]:
     """Record upstream's 202 answer and apply any callbacks that arrived before it."""
-    upstream_id = answer.get("id")
-    if not isinstance(upstream_id, str) or not events.UPSTREAM_ID.match(upstream_id):
-        raise _record_failure(
-            store, settings, job_id, APIError(502, "submit answer carried no usable job id"), now
-        )
     seen = jobs.Observation.from_upstream(
         {**answer, "status": answer.get("status") or jobs.PENDING}, "submit"
     )

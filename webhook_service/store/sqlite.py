@@ -114,17 +114,17 @@ def m001_initial(db: sqlite_utils.Database) -> None:
 class SqliteStore(Store):
     """The store on one SQLite file, through one connection (one per thread)."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         self.path = Path(path)
         conn = sqlite3.connect(
             str(self.path),
-            timeout=BUSY_TIMEOUT_MS / 1000,
+            timeout=busy_timeout_ms / 1000,
             isolation_level=None,
             check_same_thread=False,
         )
         conn.row_factory = sqlite3.Row
         self.db = sqlite_utils.Database(conn, execute_plugins=False)
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
         self._write_lock = WriteLock.for_database(self.path)
@@ -221,9 +221,7 @@ class SqliteStore(Store):
             "SELECT * FROM jobs WHERE client = ? AND idempotency_key = ?", [client, key]
         )
 
-    def jobs_for_event(
-        self, token: str | None, upstream_id: str
-    ) -> tuple[Row | None, Row | None]:
+    def jobs_for_event(self, token: str | None, upstream_id: str) -> tuple[Row | None, Row | None]:
         """Return (the job with this callback token, the job with this upstream id)."""
         rows = self._all(
             "SELECT * FROM jobs WHERE callback_token = ? OR upstream_id = ?", [token, upstream_id]
@@ -236,9 +234,7 @@ class SqliteStore(Store):
         """Set columns of one job."""
         self._update("jobs", "id = ?", [job_id], changes)
 
-    def list_jobs(
-        self, status: str | None, limit: int, before_seq: int | None
-    ) -> list[Row]:
+    def list_jobs(self, status: str | None, limit: int, before_seq: int | None) -> list[Row]:
         """Return jobs newest first, optionally filtered, older than ``before_seq``."""
         where: list[str] = []
         params: list[Any] = []
@@ -354,15 +350,11 @@ class SqliteStore(Store):
 
     # Work claiming (worker) ---------------------------------------------------
 
-    def claim_due_jobs(
-        self, owner: str, now: float, until: float, limit: int
-    ) -> list[Row]:
+    def claim_due_jobs(self, owner: str, now: float, until: float, limit: int) -> list[Row]:
         """Lease up to ``limit`` jobs whose poll is due; each claim bumps the job's fence."""
         return self._claim("jobs", "id", "next_poll_at", owner, now, until, limit)
 
-    def claim_due_outputs(
-        self, owner: str, now: float, until: float, limit: int
-    ) -> list[Row]:
+    def claim_due_outputs(self, owner: str, now: float, until: float, limit: int) -> list[Row]:
         """Lease up to ``limit`` outputs whose download is due."""
         return self._claim("outputs", "rowid", "next_attempt_at", owner, now, until, limit)
 
