@@ -4,7 +4,9 @@ Every error answer has the shape
 ``{"error": {"code": "<snake_case>", "message": "<sentence>", "details": {...}}}``.
 `ServiceError` subclasses are also werkzeug `HTTPException`s, so Flask knows their
 status; `init_app` installs the single handler that renders them (and werkzeug's own
-404/405/413 …) in that shape.
+404/405/413 …) in that shape, a last-resort handler that answers any other exception
+with a bare 500 body (logged, never described to the client), and the strict JSON
+provider, so no answer ever carries ``NaN`` or ``Infinity``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from typing import Any
 
 from flask import Flask, Response, current_app, jsonify
 from werkzeug.exceptions import HTTPException
+
+from . import strict_json
+from .store.base import StoreUnavailable
 
 
 def error_response(
@@ -113,18 +118,33 @@ def _render(error: HTTPException) -> Response:
             error.extra_headers,
         )
     status = error.code or 500
+    if status == 500:
+        # werkzeug's own 500 text is a paragraph about overload; say the same as ours.
+        return error_response(status, "internal_error", ServiceError.description)
     code = (error.name or "error").lower().replace(" ", "_").replace("'", "")
-    return error_response(status, code, error.description or error.name)
+    # Keep what the status needs besides the body: Allow, Content-Range, WWW-Authenticate.
+    kept = {name: value for name, value in error.get_headers() if name.lower() != "content-type"}
+    return error_response(status, code, error.description or error.name, headers=kept)
 
 
 def _render_unexpected(error: Exception) -> Response:
     if isinstance(error, HTTPException):
         return _render(error)
+    if isinstance(error, StoreUnavailable):
+        # Not a bug: the database is busy or away. Clients and senders retry a 503.
+        current_app.logger.warning("database unavailable: %s", error)
+        return error_response(
+            503,
+            "database_unavailable",
+            "The database does not answer; try again shortly.",
+            headers={"Retry-After": "5"},
+        )
     current_app.logger.exception("unhandled error")
-    return error_response(500, "internal_error", "The service failed to handle the request.")
+    return error_response(500, "internal_error", ServiceError.description)
 
 
 def init_app(app: Flask) -> None:
-    """Render every HTTP error of the app as the contract's JSON body."""
+    """Render every answer of the app as strict JSON, every error in the contract's body."""
+    strict_json.init_app(app)
     app.register_error_handler(HTTPException, _render)
     app.register_error_handler(Exception, _render_unexpected)

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import jobs
+from . import jobs, strict_json
 from .signatures import IDEMPOTENCY_HEADERS, Headers, header_value
 from .store import Store, StoreUnavailable
 
@@ -70,11 +70,16 @@ class Receipt:
 
 
 def parse_envelope(body: bytes) -> Envelope:
-    """Parse a verified body; raise EnvelopeError saying what is wrong."""
+    """Parse a verified body; raise EnvelopeError saying what is wrong.
+
+    Numbers pass as parsed (``NaN``, ``1e999``): the state machine clamps the few
+    it reads.  Text SQLite cannot store and absurd nesting are refused.
+    """
     try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
-        raise EnvelopeError("body is not JSON") from None
+        payload = strict_json.loads(body, strict=False)
+    except strict_json.JSONRefused as error:
+        reason = error.message.rstrip(".")
+        raise EnvelopeError(reason[:1].lower() + reason[1:]) from None
     if not isinstance(payload, dict):
         raise EnvelopeError("body is not a JSON object")
     event_type, data = payload.get("type"), payload.get("data")

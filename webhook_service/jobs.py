@@ -10,6 +10,7 @@ outputs when the completing event did not list them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ UPSTREAM_TERMINAL = frozenset({COMPLETED, "failed", "cancelled", "expired"})
 TERMINAL = UPSTREAM_TERMINAL | {SUBMIT_FAILED}
 STATUSES = (SUBMITTING, PENDING, IN_PROGRESS, *sorted(TERMINAL))
 _RANK = {SUBMITTING: 0, PENDING: 1, IN_PROGRESS: 2}
+MAX_COST = 1e12  # dollars; anything larger is a broken value, not a price
 
 
 @dataclass(frozen=True)
@@ -52,14 +54,33 @@ class Observation:
         return cls(
             status=str(data.get("status") or ""),
             source=source,
-            upstream_id=str(data["id"]) if data.get("id") else None,
-            generation_id=str(generation_id) if generation_id else None,
-            cost=float(cost)
-            if isinstance(cost, int | float) and not isinstance(cost, bool)
-            else None,
-            error=str(error) if error else None,
+            upstream_id=_text(data["id"]) if data.get("id") else None,
+            generation_id=_text(generation_id) if generation_id else None,
+            cost=usable_cost(cost),
+            error=_text(error) if error else None,
             output_count=len(urls) if isinstance(urls, list) else None,
         )
+
+
+def _text(value: Any) -> str:
+    """``value`` as text the database can store (a lone surrogate becomes ``?``)."""
+    text = str(value)
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
+
+
+def usable_cost(value: Any) -> float | None:
+    """Return an upstream cost as a finite float, or None when it is not a usable number.
+
+    Upstream bodies may carry ``NaN``, ``1e999`` or ``10**400``; none may reach the
+    database, whose values end up in strict JSON answers.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) and abs(number) <= MAX_COST else None
 
 
 @dataclass(frozen=True)

@@ -5,18 +5,26 @@ A signature header reads ``t=<unix seconds>,v1=<hex>`` where
 bytes, compares in constant time, accepts any of several secrets (rotation) and
 refuses timestamps too far in the past *or* the future.  Nothing is parsed
 before the signature checks out.
+
+The header itself comes from anyone, so it is read defensively: an over-long
+header, a repeated or over-long ``t=``, or a ``v1=`` that is not 64 hex digits is
+a `SignatureError` (a 401), never an exception of another kind.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Iterable
 from typing import Protocol
 
 SIGNATURE_HEADERS = ("X-OpenRouter-Signature", "X-ModelGates-Signature")
 IDEMPOTENCY_HEADERS = ("X-OpenRouter-Idempotency-Key", "X-ModelGates-Idempotency-Key")
 TOLERANCE_SECONDS = 300
+MAX_HEADER_LENGTH = 4096
+MAX_TIMESTAMP_DIGITS = 12  # Unix seconds until the year 33658
+HEX_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
 class Headers(Protocol):
@@ -77,20 +85,31 @@ def verify(
 
 
 def _parse_header(header: str) -> tuple[int, list[str]]:
+    if len(header) > MAX_HEADER_LENGTH:
+        raise SignatureError("signature header is too long")
     timestamp: int | None = None
     candidates: list[str] = []
+    seen_v1 = False
     for part in header.split(","):
         key, sep, value = part.strip().partition("=")
         if not sep:
             continue
         if key == "t":
-            if not value.isascii() or not value.isdigit():
+            if timestamp is not None:
+                raise SignatureError("signature header has more than one t=")
+            if not (value.isascii() and value.isdigit()) or len(value) > MAX_TIMESTAMP_DIGITS:
                 raise SignatureError("signature timestamp is not a number")
             timestamp = int(value)
         elif key == "v1":
-            candidates.append(value.strip())
+            seen_v1 = True
+            candidate = value.strip().lower()
+            # Anything but a hex SHA-256 can never match: not worth comparing.
+            if HEX_DIGEST.match(candidate):
+                candidates.append(candidate)
     if timestamp is None:
         raise SignatureError("signature header has no t=")
     if not candidates:
+        if seen_v1:
+            raise SignatureError("signature v1= is not a hex SHA-256 digest")
         raise SignatureError("signature header has no v1=")
     return timestamp, candidates

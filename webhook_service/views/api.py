@@ -7,13 +7,15 @@ import binascii
 import hashlib
 import hmac
 import json
+import logging
+import math
 from datetime import UTC, datetime
 from typing import Any
 
 import marshmallow
 from flask import Blueprint, Response, g, jsonify, request, send_file
 
-from .. import context, media, submission
+from .. import context, media, strict_json, submission
 from ..errors import (
     BadRequest,
     Conflict,
@@ -29,11 +31,14 @@ from ..schemas import JobRequestSchema, capability_errors
 from ..store import Store
 
 bp = Blueprint("api", __name__, url_prefix="/api")
+log = logging.getLogger(__name__)
 
 MAX_PAGE = 100
 DEFAULT_PAGE = 20
 MAX_IDEMPOTENCY_KEY = 255
 MAX_SQL_INTEGER = 2**63 - 1
+PRIVATE = ("private", "no-store")
+"""Cache-Control directives any one of which keeps an answer out of shared caches."""
 
 
 @bp.before_app_request
@@ -53,6 +58,19 @@ def authenticate() -> None:
         raise Unauthorized()
     # Idempotency keys are scoped per API token; store a digest, never the token.
     g.client_id = hashlib.sha256(token.encode()).hexdigest()
+
+
+@bp.after_app_request
+def keep_private(response: Response) -> Response:
+    """No /api answer, error or video (200, 206, 304 …), may sit in a shared cache."""
+    if request.path == "/api" or request.path.startswith("/api/"):
+        directives = {
+            part.strip().split("=")[0].lower()
+            for part in response.headers.get("Cache-Control", "").split(",")
+        }
+        if "public" in directives or not directives & set(PRIVATE):
+            response.headers["Cache-Control"] = "private, no-store"
+    return response
 
 
 @bp.post("/jobs")
@@ -89,9 +107,11 @@ def _job_answer(
 
 def _validated_body() -> dict[str, Any]:
     try:
-        body = json.loads(request.get_data(), parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, ValueError):
-        raise BadRequest("The request body is not valid JSON.") from None
+        body = strict_json.loads(request.get_data())
+    except strict_json.JSONRefused as error:
+        if error.path is None:
+            raise BadRequest(error.message) from None
+        raise ValidationError(details={error.path: [error.message]}) from None
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
     if "callback_url" in body:
@@ -104,10 +124,6 @@ def _validated_body() -> dict[str, Any]:
     except marshmallow.ValidationError as error:
         raise ValidationError(details=_flatten(error.messages)) from None
     return loaded
-
-
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _flatten(messages: Any) -> dict[str, list[str]]:
@@ -150,10 +166,9 @@ def list_jobs() -> Response:
     status = request.args.get("status")
     if status is not None and status not in STATUSES:
         raise ValidationError(details={"status": [f"Must be one of: {', '.join(STATUSES)}."]})
-    raw_limit = request.args.get("limit", str(DEFAULT_PAGE))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+    limit = _whole_number(request.args.get("limit", str(DEFAULT_PAGE)), MAX_PAGE)
+    if limit is None or limit < 1:
         raise ValidationError(details={"limit": [f"Must be a whole number from 1 to {MAX_PAGE}."]})
-    limit = int(raw_limit)
     before = _decode_cursor(request.args.get("cursor"))
     store = context.store()
     rows = store.list_jobs(status, limit + 1, before)
@@ -167,6 +182,14 @@ def list_jobs() -> Response:
     )
 
 
+def _whole_number(text: str, largest: int) -> int | None:
+    """Return ``text`` as a number from 0 to ``largest``, if it is written in ASCII digits."""
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(largest)):
+        return None
+    number = int(text)
+    return number if number <= largest else None
+
+
 def _encode_cursor(seq: int) -> str:
     return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
 
@@ -177,8 +200,9 @@ def _decode_cursor(cursor: str | None) -> int | None:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         prefix, _, seq = text.partition(":")
-        if prefix == "seq" and seq.isdigit() and int(seq) <= MAX_SQL_INTEGER:
-            return int(seq)
+        number = _whole_number(seq, MAX_SQL_INTEGER)
+        if prefix == "seq" and number is not None:
+            return number
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass
     raise ValidationError(details={"cursor": ["Not a cursor this API returned."]})
@@ -194,28 +218,41 @@ def get_job(job_id: str) -> Response:
     return jsonify(_job_json(job, store.outputs([job_id])[job_id]))
 
 
-@bp.get("/jobs/<job_id>/videos/<int:index>")
-def get_video(job_id: str, index: int) -> Response:
+@bp.get("/jobs/<job_id>/videos/<raw_index>")
+def get_video(job_id: str, raw_index: str) -> Response:
     """Serve a downloaded video; Range requests get 206."""
     store = context.store()
     job = store.job(job_id)
     if job is None:
         raise NotFound(f"No job {job_id}.")
+    if not (raw_index.isascii() and raw_index.isdigit()):
+        raise NotFound(f"Job {job_id} has no video {raw_index}.")
+    # An index past any SQL integer is one no job has: the same answers as one past the end.
+    index = _whole_number(raw_index, MAX_SQL_INTEGER)
     if job["status"] != COMPLETED:
         raise Conflict(f"Job {job_id} is {job['status']}, not completed.", error_code="not_ready")
-    output = store.output(job_id, index) if index <= MAX_SQL_INTEGER else None
+    output = store.output(job_id, index) if index is not None else None
     if output is None:
         if job["outputs_known"]:
-            raise NotFound(f"Job {job_id} has no video {index}.")
+            raise NotFound(f"Job {job_id} has no video {raw_index}.")
         raise Conflict("The job's outputs are not known yet.", error_code="not_ready")
     if output["status"] != "downloaded":
         raise Conflict(
             f"Video {index} is {output['status']}, not downloaded yet.", error_code="not_ready"
         )
-    path = media.output_path(context.settings().media_dir, job_id, index)
-    response = send_file(
-        path, mimetype="video/mp4", conditional=True, etag=output["sha256"], max_age=3600
-    )
+    path = media.output_path(context.settings().media_dir, job_id, output["idx"])
+    try:
+        response = send_file(path, mimetype="video/mp4", conditional=True, etag=output["sha256"])
+    except OSError as error:
+        # Recorded as downloaded, yet the file is gone (a wiped disk, a deploy without
+        # the volume): say so plainly rather than fail, and leave a trace for operators.
+        log.error("video %s of job %s is recorded but missing: %s", index, job_id, error)
+        raise Conflict(
+            f"Video {index} was downloaded but is missing from storage.",
+            {"job_id": job_id, "index": index},
+            error_code="output_missing",
+        ) from None
+    response.headers["Cache-Control"] = "private, no-store"
     response.headers["Accept-Ranges"] = "bytes"
     return response
 
@@ -240,6 +277,16 @@ def _iso(value: float | None) -> str | None:
     )
 
 
+def _finite(value: float | None) -> float | None:
+    """A stored number as strict JSON can carry it: non-finite values become null."""
+    return value if value is None or math.isfinite(value) else None
+
+
+def _no_constant(name: str) -> None:
+    """Read a stored ``NaN``/``Infinity`` (written before values were checked) as null."""
+    return None
+
+
 def _job_json(job: dict[str, Any], outputs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "id": job["id"],
@@ -247,10 +294,10 @@ def _job_json(job: dict[str, Any], outputs: list[dict[str, Any]]) -> dict[str, A
         "status": job["status"],
         "model": job["model"],
         "prompt": job["prompt"],
-        "params": json.loads(job["params"]),
+        "params": json.loads(job["params"], parse_constant=_no_constant),
         "error": job["error"],
         "generation_id": job["generation_id"],
-        "cost": job["cost"],
+        "cost": _finite(job["cost"]),
         "completion_source": job["completion_source"],
         "created_at": _iso(job["created_at"]),
         "updated_at": _iso(job["updated_at"]),
