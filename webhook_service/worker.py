@@ -27,8 +27,8 @@ from . import jobs, media
 from .config import Settings
 from .downloads import DownloadAborted, fetch
 from .modelgates import APIError, ModelGatesClient, ModelGatesError, RequestRefused
-from .store import Store, open_store
-from .submission import in_flight_deadline
+from .store import Store, StoreUnavailable, open_store
+from .submission import in_flight_deadline, record_held
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class Worker:
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="download")
         self._in_flight: dict[Future[None], dict[str, Any]] = {}
+        self._round = (0.0, 0.0)  # (the round's `now`, the clock when it started)
 
     @property
     def store(self) -> Store:
@@ -98,13 +99,14 @@ class Worker:
     def run_once(self, now: float | None = None, wait: bool = True) -> int:
         """Do one round of due work; return how many items were claimed."""
         now = self.clock() if now is None else now
+        self._round = (now, self.clock())
         until = now + self.lease_seconds
         claimed = self.store.claim_due_jobs(self.owner, now, until, POLLS_PER_ROUND)
         for job in claimed:
             if self.stopping.is_set():
                 self.store.finish_job_claim(job["id"], job["fence"], {})
                 continue
-            self._poll(job, now)
+            self._poll_one(job, now)
         for future in [f for f in self._in_flight if f.done()]:
             if future.exception() is not None:  # the claim expires; another round retries
                 log.error("download failed unexpectedly", exc_info=future.exception())
@@ -129,6 +131,10 @@ class Worker:
         its claim released here, so another worker can take it at once.
         """
         log.info("worker %s started", self.owner)
+        try:
+            record_held(self.store, self.settings)
+        except StoreUnavailable as error:
+            log.warning("held submits not recorded yet: %s", error)
         while not self.stopping.is_set():
             try:
                 busy = self.run_once(wait=False)
@@ -153,12 +159,37 @@ class Worker:
 
     # Polls --------------------------------------------------------------------
 
+    def _now(self) -> float:
+        """The round's time, moved on by the time spent in the round so far."""
+        round_now, round_clock = self._round
+        return round_now + max(0.0, self.clock() - round_clock)
+
+    def _poll_one(self, job: dict[str, Any], now: float) -> None:
+        """Poll one claimed job; whatever goes wrong, the round goes on to the next."""
+        # A round's claims share one lease: renew this one, and skip it if it was taken over.
+        now = self._now()
+        if not self.store.renew_job_lease(job["id"], job["fence"], now + self.lease_seconds):
+            log.info("poll claim on %s was taken over; skipping it", job["id"])
+            return
+        try:
+            self._poll(job, now)
+        except StoreUnavailable:
+            raise  # the database is gone: end the round, the run loop retries
+        except Exception:
+            log.exception("poll of %s failed unexpectedly; polling it again later", job["id"])
+            delay = poll_delay(job["polls"], self.settings.poll_interval_seconds, self.rand)
+            self.store.finish_job_claim(
+                job["id"], job["fence"], {"next_poll_at": now + delay, "polls": job["polls"] + 1}
+            )
+
     def _poll(self, job: dict[str, Any], now: float) -> None:
         if not job["upstream_id"]:
             with self.store.transaction():
                 # Decide on the current row: a callback may have settled it since the claim.
                 fresh = self.store.job(job["id"])
                 assert fresh is not None
+                if fresh["fence"] != job["fence"]:
+                    return  # another worker claimed it since: its decision stands
                 changes: dict[str, Any] = {}  # revealed meanwhile: its new schedule stands
                 if fresh["status"] == jobs.SUBMITTING and not fresh["upstream_id"]:
                     changes = self._settle_submit(fresh, now)
@@ -187,13 +218,16 @@ class Worker:
             log.warning("poll of %s failed: %s", job["id"], error)
         else:
             seen = jobs.Observation.from_upstream({**answer, "id": job["upstream_id"]}, "poll")
+        now = self._now()  # the poll may have taken a while
         with self.store.transaction():
-            if seen is not None:
-                fresh = self.store.job(job["id"])
-                assert fresh is not None
-                jobs.apply_observation(self.store, fresh, seen, now)
             fresh = self.store.job(job["id"])
             assert fresh is not None
+            if fresh["fence"] != job["fence"]:
+                log.info("poll claim on %s was lost during the poll; not recording it", job["id"])
+                return
+            if seen is not None and jobs.apply_observation(self.store, fresh, seen, now):
+                fresh = self.store.job(job["id"])
+                assert fresh is not None
             settled = jobs.is_terminal(fresh["status"]) and (
                 fresh["status"] != jobs.COMPLETED or fresh["outputs_known"]
             )

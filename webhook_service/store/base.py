@@ -169,4 +169,3 @@ class Store(ABC):
     @abstractmethod
     def next_due_at(self) -> float | None:
         """Return the earliest time any poll or download is due."""
-
