@@ -1,4 +1,4 @@
-"""Downloaded videos on disk, under MEDIA_DIR, named only from our own ids.
+"""Downloaded videos on this machine's disk, under MEDIA_DIR, named only from our own ids.
 
 A download is written to ``<job>/<index>.mp4.part-<fence>``, hashed as the bytes
 arrive, fsynced, then renamed into place: a file under its final name is always
@@ -9,8 +9,14 @@ that took its claim over from ever writing the same file.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
+from typing import IO
+
+from .base import MediaMissing, MediaStorage, MediaUnavailable, PartialObject, Served, relative_name
+
+log = logging.getLogger(__name__)
 
 
 def output_path(media_dir: Path, job_id: str, index: int) -> Path:
@@ -18,12 +24,12 @@ def output_path(media_dir: Path, job_id: str, index: int) -> Path:
     return media_dir / job_id / f"{int(index)}.mp4"
 
 
-class PartialFile:
+class PartialFile(PartialObject):
     """A video being written: append, hash, then commit atomically into place."""
 
     def __init__(self, final: Path, fence: int) -> None:
         self.final = final
-        self.path = final.with_name(f"{final.name}.part-{fence}")
+        self.path = final.with_name(f"{final.name}.part-{int(fence)}")
         final.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "wb")  # noqa: SIM115 - closed by commit/discard
         self._hash = hashlib.sha256()
@@ -61,9 +67,12 @@ class PartialFile:
 
     def discard(self) -> None:
         """Close and delete the temporary file."""
-        if not self._file.closed:
-            self._file.close()
-        self.path.unlink(missing_ok=True)
+        try:
+            if not self._file.closed:
+                self._file.close()
+            self.path.unlink(missing_ok=True)
+        except OSError as error:
+            log.warning("cannot remove %s: %s", self.path, error)
 
 
 def remove_stale_parts(final: Path) -> None:
@@ -71,3 +80,45 @@ def remove_stale_parts(final: Path) -> None:
     if final.parent.is_dir():
         for stale in final.parent.glob(f"{final.name}.part-*"):
             stale.unlink(missing_ok=True)
+
+
+class LocalMedia(MediaStorage):
+    """Outputs as files under one folder; served by the web process itself."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).absolute()
+
+    def _path(self, job_id: str, index: int) -> Path:
+        return self.root / relative_name(job_id, index)
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise MediaUnavailable(f"MEDIA_DIR {self.root} cannot be created: {error}") from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise MediaUnavailable(f"MEDIA_DIR {self.root} is not writable")
+
+    def open_partial(self, job_id: str, index: int, fence: int) -> PartialFile:
+        return PartialFile(self._path(job_id, index), fence)
+
+    def remove_stale(self, job_id: str, index: int) -> None:
+        remove_stale_parts(self._path(job_id, index))
+
+    def exists(self, job_id: str, index: int) -> bool:
+        return self._path(job_id, index).is_file()
+
+    def open(self, job_id: str, index: int) -> IO[bytes]:
+        try:
+            return open(self._path(job_id, index), "rb")  # noqa: SIM115 - the caller closes it
+        except FileNotFoundError:
+            raise MediaMissing(f"video {index} of {job_id} is not in MEDIA_DIR") from None
+
+    def serve(self, job_id: str, index: int) -> Served:
+        path = self._path(job_id, index)
+        if not path.is_file():
+            raise MediaMissing(f"video {index} of {job_id} is not in MEDIA_DIR")
+        return Served(path=path)
