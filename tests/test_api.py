@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import threading
+import time
+from pathlib import Path
 
 import pytest
 from conftest import API_TOKEN, AUTH
@@ -419,3 +422,99 @@ def test_every_api_path_needs_a_token_even_unknown_ones(client):
     assert client.get("/api/nope").status_code == 401
     assert client.delete("/api/jobs").status_code == 401
     assert client.get("/api/nope", headers=AUTH).status_code == 404
+
+
+def _downloaded_video(store, media_dir, job_id="vj_video", data=b"\x00\x00\x00\x18ftypmp42" * 64):
+    """A completed job whose output 0 is downloaded: the row and the file."""
+    now = time.time()
+    store.insert_job(
+        {
+            "id": job_id,
+            "upstream_id": f"up-{job_id}",
+            "callback_token": f"tok-{job_id}",
+            "client": "c",
+            "request_hash": "h",
+            "status": "completed",
+            "model": "google/veo-3.1",
+            "prompt": "p",
+            "params": {"model": "google/veo-3.1"},
+            "created_at": now,
+            "updated_at": now,
+            "finished_at": now,
+            "outputs_known": 1,
+        }
+    )
+    store.create_outputs(job_id, 1, now)
+    digest = hashlib.sha256(data).hexdigest()
+    store.update_output(job_id, 0, {"status": "downloaded", "bytes": len(data), "sha256": digest})
+    path = Path(media_dir) / job_id / "0.mp4"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return f"/api/jobs/{job_id}/videos/0", path, data, digest
+
+
+def _never_shared(response) -> None:
+    directives = {part.strip().lower() for part in response.headers["Cache-Control"].split(",")}
+    assert "public" not in directives
+    assert directives & {"private", "no-store"}
+
+
+def test_every_video_answer_is_private_whole_ranged_revalidated_or_refused(client, store, env):
+    url, _, data, digest = _downloaded_video(store, env["MEDIA_DIR"])
+    whole = client.get(url, headers=AUTH)
+    assert whole.status_code == 200 and whole.data == data
+    ranged = client.get(url, headers={**AUTH, "Range": "bytes=4-7"})
+    assert ranged.status_code == 206 and ranged.data == b"ftyp"
+    same = client.get(url, headers={**AUTH, "If-None-Match": f'"{digest}"'})
+    assert same.status_code == 304
+    past_the_end = client.get(url, headers={**AUTH, "Range": f"bytes={len(data) + 10}-"})
+    assert past_the_end.status_code == 416
+    assert past_the_end.headers["Content-Range"] == f"bytes */{len(data)}"
+    missing_index = client.get(url[:-1] + "1", headers=AUTH)
+    for response in (whole, ranged, same, past_the_end, missing_index):
+        _never_shared(response)
+
+
+def test_a_downloaded_video_missing_from_disk_is_409_output_missing(client, store, env, caplog):
+    url, path, _, _ = _downloaded_video(store, env["MEDIA_DIR"])
+    path.unlink()
+    response = client.get(url, headers=AUTH)
+    assert response.status_code == 409
+    error = response.get_json()["error"]
+    assert error["code"] == "output_missing"
+    assert error["details"] == {"job_id": "vj_video", "index": 0}
+    _never_shared(response)
+    assert "missing" in caplog.text
+
+
+@pytest.mark.parametrize("index", ["9" * 5000, "99999999999999999999", "%EF%BC%91", "-1", "0x1"])
+def test_a_video_index_no_job_has_is_404_never_500(client, store, env, index):
+    url, _, _, _ = _downloaded_video(store, env["MEDIA_DIR"])
+    response = client.get(url[: -len("0")] + index, headers=AUTH)
+    assert response.status_code == 404
+    assert response.get_json()["error"]["code"] == "not_found"
+
+
+def test_rows_holding_non_finite_numbers_are_listed_as_strict_json(client, store):
+    now = time.time()
+    store.insert_job(
+        {
+            "id": "vj_old",
+            "callback_token": "tok-old",
+            "client": "c",
+            "request_hash": "h",
+            "status": "completed",
+            "model": "m",
+            "params": {"model": "m", "provider": {"options": {"x": {"y": float("inf")}}}},
+            "cost": float("inf"),
+            "created_at": now,
+            "updated_at": now,
+        }
+    )
+
+    def refuse(name):
+        raise AssertionError(f"{name} in the answer")
+
+    listed = json.loads(client.get("/api/jobs", headers=AUTH).data, parse_constant=refuse)
+    (job,) = listed["jobs"]
+    assert job["cost"] is None and job["params"]["provider"]["options"]["x"]["y"] is None

@@ -76,3 +76,34 @@ def test_body_changed_after_signing_is_refused():
 def test_empty_secrets_never_verify():
     with pytest.raises(SignatureError, match="no signing secret"):
         verify(VECTOR_BODY, {"X-OpenRouter-Signature": VECTOR_HEADER}, ["", ""], NOW)
+
+
+@pytest.mark.parametrize(
+    "header, reason",
+    [
+        ("t=1700000000,v1=" + "é" * 64, "not a hex"),
+        ("t=1700000000,v1=\x00\xff", "not a hex"),
+        ("t=" + "9" * 4000 + ",v1=" + "0" * 64, "not a number"),
+        ("t=" + "1" * 13 + ",v1=" + "0" * 64, "not a number"),
+        ("t=١٧٠٠٠٠٠٠٠٠,v1=" + "0" * 64, "not a number"),
+        ("t=1700000000,t=1700000000,v1=" + "0" * 64, "more than one t="),
+        ("t=1700000000," + ",".join(["v1=" + "0" * 64] * 100), "too long"),
+        ("t=1700000000,v1=" + "0" * 100_000, "too long"),
+    ],
+    ids=lambda value: value[:24],
+)
+def test_hostile_headers_are_signature_errors_never_other_exceptions(header, reason):
+    with pytest.raises(SignatureError, match=reason):
+        verify(VECTOR_BODY, {"X-OpenRouter-Signature": header}, ["dev_secret"], NOW)
+
+
+def test_a_valid_signature_among_junk_parts_still_verifies():
+    header = "t=1700000000,v1=é,v0=abc,junk," + VECTOR_HEADER.split(",")[1]
+    assert verify(VECTOR_BODY, {"X-OpenRouter-Signature": header}, ["dev_secret"], NOW) == NOW
+
+
+def test_a_second_timestamp_cannot_smuggle_a_replay():
+    old = sign("dev_secret", NOW - 3600, VECTOR_BODY)
+    header = f"{old},t={NOW}"
+    with pytest.raises(SignatureError, match="more than one t="):
+        verify(VECTOR_BODY, {"X-OpenRouter-Signature": header}, ["dev_secret"], NOW)

@@ -110,6 +110,10 @@ def assert_untouched(db, events=0):
         lambda body, h: signed(body, at=time.time() + 301),
         lambda body, h: signed(body, secret="not-ours"),
         lambda body, h: signed(json.dumps(json.loads(body)).encode()),
+        lambda body, h: {"X-OpenRouter-Signature": h["X-OpenRouter-Signature"][:-2] + "\xe9\xe9"},
+        lambda body, h: {"X-OpenRouter-Signature": "t=" + "9" * 4000 + ",v1=" + "0" * 64},
+        lambda body, h: {"X-OpenRouter-Signature": "t=" + "9" * 50_000},
+        lambda body, h: {"X-OpenRouter-Signature": f"t=1,{h['X-OpenRouter-Signature']}"},
     ],
     ids=[
         "missing",
@@ -120,6 +124,10 @@ def assert_untouched(db, events=0):
         "future",
         "wrong-secret",
         "reserialized",
+        "non-ascii-v1",
+        "4000-digit-t",
+        "huge-header",
+        "duplicate-t",
     ],
 )
 def test_bad_signatures_are_401_and_nothing_is_stored(hooks, db, mangle):
@@ -217,6 +225,9 @@ def test_completed_after_failed_changes_nothing(hooks, db):
         (b"", "not JSON"),
         (b"[1,2,3]", "not a JSON object"),
         (json.dumps({"type": "video.generation.completed"}).encode(), "data"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (event_body(status="failed").replace(b"provider said no", b"\\udc00"), "not valid Unicode"),
+        (event_body().replace(b'"model":"m"', b'"model":"' + b"\xff" * 3 + b'"'), "not JSON"),
     ],
     ids=[
         "type-vs-status",
@@ -230,6 +241,9 @@ def test_completed_after_failed_changes_nothing(hooks, db):
         "empty",
         "array",
         "no-data",
+        "deep",
+        "lone-surrogate",
+        "not-utf-8",
     ],
 )
 def test_signed_bodies_that_are_not_the_envelope_are_400_and_kept_as_rejected(
