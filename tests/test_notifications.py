@@ -37,7 +37,8 @@ from webhook_service.notifications import (
 
 SECRET = "whsec_" + base64.b64encode(b"notification-test-secret-32bytes").decode()
 NOW = 1_760_000_000.0
-TIMEOUT = 0.5  # seconds: the receivers that stall must outlast this, whatever the machine's load
+GENEROUS = 10.0  # seconds: for answers that come at once, even on a loaded machine
+TIMEOUT = 1.0  # seconds: what receivers that stall or trickle are given
 
 JOB = {
     "id": "vj_0123456789abcdef01234567",
@@ -264,6 +265,23 @@ class Receiver(ThreadingHTTPServer):
             return self.behaviours[min(len(self.requests), len(self.behaviours)) - 1]
 
 
+class Receiver6(Receiver):
+    """The same endpoint on the IPv6 loopback address."""
+
+    address_family = socket.AF_INET6
+
+    def __init__(self, behaviours: list[Any]) -> None:
+        ThreadingHTTPServer.__init__(self, ("::1", 0), _Handler)
+        self.behaviours = behaviours
+        self.requests = []
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://[::1]:{self.server_address[1]}"
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: Receiver
@@ -282,13 +300,17 @@ class _Handler(BaseHTTPRequestHandler):
         elif behaviour == "close":
             self.close_connection = True
         elif behaviour == "trickle":
-            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
-            for _ in range(500):
-                if self.server.stopping.wait(0.02):
-                    return
-                self.wfile.write(b"a")
-                self.wfile.flush()
-            self.wfile.write(b"\r\nContent-Length: 0\r\n\r\n")
+            self.close_connection = True
+            try:
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                for _ in range(500):
+                    if self.server.stopping.wait(0.02):
+                        return
+                    self.wfile.write(b"a")
+                    self.wfile.flush()
+                self.wfile.write(b"\r\nContent-Length: 0\r\n\r\n")
+            except OSError:
+                return  # the client gave up, as it should
         else:
             status, headers, answer = behaviour
             self.send_response(status)
@@ -324,7 +346,7 @@ def receiver_for(receivers):
     return make
 
 
-def send(url: str, *, timeout: float = TIMEOUT, **kwargs: Any):
+def send(url: str, *, timeout: float = GENEROUS, **kwargs: Any):
     """Sign the sample event now and deliver it once to ``url`` (loopback allowed)."""
     webhook_id, body = build_event(JOB, NOW)
     headers = sign(SECRET, webhook_id, int(datetime.now(UTC).timestamp()), body)
@@ -386,7 +408,7 @@ def test_a_redirect_is_never_followed(receiver_for, status):
 
 def test_a_receiver_that_never_answers_times_out(receiver_for):
     receiver = receiver_for("hang")
-    attempt = send(receiver.url)
+    attempt = send(receiver.url, timeout=TIMEOUT)
     assert attempt.status_code is None and not attempt.delivered
     assert attempt.error == f"timed out after {TIMEOUT:g} s"
     assert len(receiver.requests) == 1
@@ -395,7 +417,7 @@ def test_a_receiver_that_never_answers_times_out(receiver_for):
 def test_a_receiver_that_trickles_its_answer_is_cut_off_by_one_deadline(receiver_for):
     # Each byte comes well within TIMEOUT, so only a deadline over the whole attempt stops it.
     receiver = receiver_for("trickle")
-    attempt = send(receiver.url)
+    attempt = send(receiver.url, timeout=TIMEOUT)
     assert attempt.status_code is None and not attempt.delivered
     assert attempt.error == f"timed out after {TIMEOUT:g} s"
 
@@ -440,7 +462,7 @@ def test_a_name_that_now_resolves_to_loopback_is_refused_at_delivery(receiver_fo
         f"http://hooks.example.com:{port}/",
         sign(SECRET, webhook_id, int(NOW), body),
         body,
-        timeout=TIMEOUT,
+        timeout=GENEROUS,
         allow_private=False,
         allow_http=True,
         resolve=rebinding,
@@ -486,7 +508,7 @@ def test_delivery_connects_to_the_vetted_address_and_names_the_host(receiver_for
         f"http://hooks.test:{port}/h",
         headers,
         body,
-        timeout=TIMEOUT,
+        timeout=GENEROUS,
         allow_private=True,
         allow_http=True,
         resolve=resolve,
@@ -508,13 +530,49 @@ def test_when_the_first_vetted_address_refuses_the_next_one_is_tried(receiver_fo
         f"http://hooks.test:{port}/",
         sign(SECRET, webhook_id, int(datetime.now(UTC).timestamp()), body),
         body,
-        timeout=TIMEOUT,
+        timeout=GENEROUS,
         allow_private=True,
         allow_http=True,
         resolve=resolve,
     )
     assert attempt.delivered, attempt.error
     assert len(receiver.requests) == 1
+
+
+def test_delivery_over_ipv6_to_a_literal_and_to_a_name(receivers, numeric_only_dns):
+    try:
+        receiver = start(Receiver6([(204, {}, b"")]))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    receivers.append(receiver)
+    assert send(receiver.url).delivered
+    port = receiver.server_address[1]
+    named = send(f"http://hooks6.test:{port}", resolve=static_resolver({"hooks6.test": ["::1"]}))
+    assert named.delivered, named.error
+    assert [r["headers"]["Host"] for r in receiver.requests] == [
+        f"[::1]:{port}",
+        f"hooks6.test:{port}",
+    ]
+    refused = send(receiver.url, allow_private=False)
+    assert refused.error and "loopback" in refused.error and len(receiver.requests) == 2
+
+
+def test_a_name_lookup_that_hangs_is_bounded_by_the_same_deadline(receiver_for):
+    receiver = receiver_for((204, {}, b""))
+    release = threading.Event()
+
+    def stuck(*args, **kwargs):
+        release.wait(30)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    try:
+        attempt = send(
+            f"http://hooks.test:{receiver.server_address[1]}", resolve=stuck, timeout=0.2
+        )
+    finally:
+        release.set()
+    assert attempt.error == "timed out after 0.2 s resolving the host"
+    assert receiver.requests == []
 
 
 # --- TLS: the pinned connection still verifies the certificate against the host name --------
@@ -595,7 +653,7 @@ def send_tls(host: str, receiver: Receiver, tls_files: dict[str, Path]):
         f"https://{host}:{port}/tls",
         headers,
         body,
-        timeout=2.0,
+        timeout=GENEROUS,
         allow_private=True,
         allow_http=False,
         resolve=static_resolver({host: ["127.0.0.1"]}),

@@ -9,8 +9,8 @@ that says what happened. Its guarantees, each a defence against a hostile or bro
   names the host (``Host`` header, TLS SNI) and TLS verifies the certificate against it;
 - redirects are never followed (a 3xx is a failed attempt), and no proxy from the environment
   is used, since a proxy would make its own, unvetted, connection;
-- the whole attempt, connect to last byte, ends by one deadline (``timeout``): every socket
-  operation waits only for what is left of it, so a receiver that trickles one byte a second
+- the whole attempt, name lookup to last byte, ends by one deadline (``timeout``): every
+  socket operation waits only for what is left of it, so a receiver that trickles one byte a second
   cannot hold a worker any longer than one that never answers;
 - at most `MAX_ANSWER_BYTES` of the answer are read, only to quote them in the error.
 
@@ -26,8 +26,10 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,13 +77,18 @@ def deliver(
     wall_clock: Callable[[], float] = time.time,
 ) -> Attempt:
     """POST ``body`` with ``headers`` (the signature's) to ``url``: one attempt, never raising."""
+    deadline = clock() + timeout
     try:
         vetted = vet_notify_url(
-            url, allow_http=allow_http, allow_private=allow_private, resolve=resolve
+            url,
+            allow_http=allow_http,
+            allow_private=allow_private,
+            resolve=_within(resolve, deadline, clock),
         )
     except NotifyURLError as exc:
+        if clock() >= deadline:
+            return Attempt(None, f"timed out after {timeout:g} s resolving the host", None, False)
         return Attempt(None, f"refused: {exc}", None, gone=False)
-    deadline = clock() + timeout
     backend = _PinnedBackend(vetted.host, vetted.addresses, deadline, clock)
     transport = _PinnedTransport(backend, ssl_context or httpx.create_ssl_context())
     sent = {
@@ -113,6 +120,31 @@ def deliver(
     if excerpt:
         error += f": {excerpt}"
     return Attempt(status, error, retry_after, gone=status == 410)
+
+
+def _within(resolve: Resolver, deadline: float, clock: Callable[[], float]) -> Resolver:
+    """``resolve`` that gives up at ``deadline``: a name lookup cannot block without end.
+
+    The lookup runs in a daemon thread; one that outlives the deadline is abandoned and ends
+    when the system resolver's own timeout does.
+    """
+
+    def bounded(*args: Any, **kwargs: Any) -> Sequence[tuple[Any, ...]]:
+        answer: Future[Sequence[tuple[Any, ...]]] = Future()
+
+        def run() -> None:
+            try:
+                answer.set_result(resolve(*args, **kwargs))
+            except BaseException as exc:  # handed to the waiting caller
+                answer.set_exception(exc)
+
+        threading.Thread(target=run, name="notify-resolve", daemon=True).start()
+        try:
+            return answer.result(timeout=max(0.0, deadline - clock()))
+        except TimeoutError:  # concurrent.futures' is the builtin one since 3.11
+            raise TimeoutError("name lookup timed out") from None
+
+    return bounded
 
 
 def _read_some(response: httpx.Response) -> str:
