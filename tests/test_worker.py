@@ -263,7 +263,7 @@ def test_an_unwritable_media_dir_is_a_clear_error_and_the_output_stays_pending(
         ),
     )
     [output] = job_of(client, job["id"])["outputs"]
-    assert output["status"] == "pending" and "cannot write to MEDIA_DIR" in output["error"]
+    assert output["status"] == "pending" and "cannot store the video" in output["error"]
     assert output["sha256"] is None
     assert client.get(f"/api/jobs/{job['id']}/videos/0", headers=AUTH).status_code == 409
 

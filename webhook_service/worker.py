@@ -23,9 +23,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from typing import Any
 
-from . import jobs, media
+from . import jobs
 from .config import Settings
 from .downloads import DownloadAborted, fetch
+from .media import open_media
 from .modelgates import APIError, ModelGatesClient, ModelGatesError, RequestRefused
 from .store import Store, StoreUnavailable, open_store
 from .submission import in_flight_deadline, record_held
@@ -39,6 +40,7 @@ NOT_FOUND_LIMIT = 3
 POLLS_PER_ROUND = 50
 IDLE_SECONDS = 0.5
 SHUTDOWN_GRACE_SECONDS = 7.0
+HEARTBEAT_SECONDS = 0.5  # how often running downloads' leases are looked at
 
 
 def poll_delay(
@@ -59,6 +61,15 @@ def download_delay(
     """Seconds until the next download attempt: 1 s doubling to 10 min, with jitter."""
     delay = min(DOWNLOAD_CAP_SECONDS, 2.0 ** min(attempts, 16)) * (0.5 + rand() / 2)
     return max(delay, retry_after or 0.0)
+
+
+class _Lease:
+    """A running download's claim, renewed by the heartbeat thread."""
+
+    def __init__(self, job_id: str, index: int, fence: int, renewed_at: float = 0.0) -> None:
+        self.job_id, self.index, self.fence = job_id, index, fence
+        self.renewed_at = renewed_at
+        self.lost = threading.Event()
 
 
 class Worker:
@@ -87,6 +98,10 @@ class Worker:
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="download")
         self._in_flight: dict[Future[None], dict[str, Any]] = {}
         self._round = (0.0, 0.0)  # (the round's `now`, the clock when it started)
+        self.media = open_media(settings)
+        self._leases: dict[tuple[str, int], _Lease] = {}
+        self._leases_lock = threading.Lock()
+        self._heartbeat: threading.Thread | None = None
 
     @property
     def store(self) -> Store:
@@ -114,7 +129,8 @@ class Worker:
         free = self.concurrency - len(self._in_flight)
         outputs = []
         if free > 0 and not self.stopping.is_set():
-            outputs = self.store.claim_due_outputs(self.owner, now, until, free)
+            now = self._now()  # outputs the polls just created are due
+            outputs = self.store.claim_due_outputs(self.owner, now, now + self.lease_seconds, free)
             for output in outputs:
                 self._in_flight[self._pool.submit(self._download, output)] = output
         if wait:
@@ -269,46 +285,52 @@ class Worker:
         job_id, index = output["job_id"], output["idx"]
         job = store.job(job_id)
         assert job is not None and job["upstream_id"]
-        final = media.output_path(self.settings.media_dir, job_id, index)
         try:
-            media.remove_stale_parts(final)
-            target = media.PartialFile(final, fence)
+            self.media.remove_stale(job_id, index)
+            target = self.media.open_partial(job_id, index, fence)
         except OSError as error:
-            log.error("cannot write %s: %s", final, error)
-            self._failed_attempt(output, f"cannot write to MEDIA_DIR: {error}")
+            log.error("cannot store %s/%s: %s", job_id, index, error)
+            self._failed_attempt(
+                output, f"cannot store the video in {self.media.describe()}: {error}"
+            )
             return
         with store.transaction():
-            store.update_output(job_id, index, {"status": "downloading"}, fence)
-        renewed = [self.clock()]
-
-        def keep_going() -> bool:
-            if self.stopping.is_set():
-                return False
-            if self.clock() - renewed[0] > self.lease_seconds / 3:
-                renewed[0] = self.clock()
-                return store.renew_output_lease(
-                    job_id, index, fence, renewed[0] + self.lease_seconds
-                )
-            return True
-
+            claimed = store.update_output(job_id, index, {"status": "downloading"}, fence)
+        lease = _Lease(job_id, index, fence, self.clock())
+        if claimed:
+            with self._leases_lock:
+                self._leases[(job_id, index)] = lease
+            self._ensure_heartbeat()
         try:
+            if not claimed:
+                raise DownloadAborted("claim lost before the download started")
+
+            def keep_going() -> bool:
+                return not (self.stopping.is_set() or lease.lost.is_set())
+
             fetch(self.client, job["upstream_id"], index, target, keep_going)
+            # The heartbeat renews while bytes flow; this check closes the gap before commit.
             if not store.renew_output_lease(
                 job_id, index, fence, self.clock() + self.lease_seconds
             ):
                 raise DownloadAborted("claim lost before commit")
             target.commit()
-        except DownloadAborted:
+        except DownloadAborted as aborted:
             target.discard()
-            store.finish_output_claim(job_id, index, fence, {"status": "pending"})
+            if store.finish_output_claim(job_id, index, fence, {"status": "pending"}):
+                log.info("download %s/%s abandoned: %s", job_id, index, aborted)
+            else:
+                log.warning("download %s/%s dropped: its claim was taken over", job_id, index)
             return
         except (ModelGatesError, OSError) as error:
             target.discard()
             gone = isinstance(error, RequestRefused) and error.status in (404, 410)
             self._failed_attempt(output, str(error), gone and self._expired_upstream(job))
             return
-        now = self.clock()
-        store.finish_output_claim(
+        finally:
+            with self._leases_lock:
+                self._leases.pop((job_id, index), None)
+        recorded = store.finish_output_claim(
             job_id,
             index,
             fence,
@@ -316,13 +338,54 @@ class Worker:
                 "status": "downloaded",
                 "bytes": target.size,
                 "sha256": target.sha256,
-                "file_name": str(final.relative_to(self.settings.media_dir)),
+                "file_name": self.media.name(job_id, index),
                 "error": None,
                 "next_attempt_at": None,
-                "updated_at": now,
+                "updated_at": self.clock(),
             },
         )
-        log.info("downloaded %s/%s: %d bytes sha256 %s", job_id, index, target.size, target.sha256)
+        if recorded:
+            log.info(
+                "downloaded %s/%s: %d bytes sha256 %s", job_id, index, target.size, target.sha256
+            )
+        else:  # the same bytes under the same name: the worker that took over records them
+            log.warning("downloaded %s/%s but its claim was taken over meanwhile", job_id, index)
+
+    def _ensure_heartbeat(self) -> None:
+        with self._leases_lock:
+            if self._heartbeat is None or not self._heartbeat.is_alive():
+                self._heartbeat = threading.Thread(
+                    target=self._renew_leases, name="lease-heartbeat", daemon=True
+                )
+                self._heartbeat.start()
+
+    def _renew_leases(self) -> None:
+        """Renew every running download's lease a third of the way through it.
+
+        A thread of its own, so a download stalled inside a read keeps (or loses)
+        its claim on time, not only when its next chunk arrives.
+        """
+        while not self.stopping.wait(HEARTBEAT_SECONDS):
+            with self._leases_lock:
+                running = list(self._leases.values())
+                if not running:
+                    self._heartbeat = None
+                    return
+            for lease in running:
+                now = self.clock()
+                if lease.lost.is_set() or now - lease.renewed_at < self.lease_seconds / 3:
+                    continue
+                try:
+                    kept = self.store.renew_output_lease(
+                        lease.job_id, lease.index, lease.fence, now + self.lease_seconds
+                    )
+                except StoreUnavailable as error:
+                    log.warning("lease renewal failed: %s", error)
+                    continue
+                if kept:
+                    lease.renewed_at = now
+                else:
+                    lease.lost.set()
 
     def _failed_attempt(self, output: dict[str, Any], error: str, expired: bool = False) -> None:
         now = self.clock()

@@ -1,0 +1,184 @@
+"""The lease and fence protocol: a worker that lost its claim never writes.
+
+Two workers share one database; the first stalls on a real loopback upstream held
+mid-answer, its lease runs out on an injected clock, the second takes the work over.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from hostile_upstream import Answer, hostile_upstream_fixture, ranged_file  # noqa: F401
+
+from webhook_service import create_app
+from webhook_service.config import load_settings
+from webhook_service.modelgates import ModelGatesClient
+from webhook_service.store import open_store
+from webhook_service.worker import Worker
+
+LEASE = 30.0
+T0 = 1_000_000.0
+
+
+@pytest.fixture
+def settings(base_env, hostile_upstream):
+    env = {**base_env, "MODELGATES_BASE_URL": hostile_upstream.base_url}
+    create_app({**env, "TESTING": True})
+    return load_settings(env)
+
+
+@pytest.fixture
+def store(settings):
+    opened = open_store(settings)
+    yield opened
+    opened.close()
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_worker(settings, clock, name):
+    client = ModelGatesClient(settings.modelgates_base_url, "key", timeout=10, sleep=lambda s: 0)
+    return Worker(settings, client, lease_seconds=LEASE, clock=clock, rand=lambda: 0.5, owner=name)
+
+
+def add_job(store, status="in_progress", next_poll_at=T0, outputs=0):
+    with store.transaction():
+        store.insert_job(
+            {
+                "id": "vj_1",
+                "upstream_id": "job-1",
+                "callback_token": "token-1",
+                "client": "client",
+                "request_hash": "x",
+                "status": status,
+                "submit_outcome": "accepted",
+                "model": "google/veo-3.1",
+                "params": {"model": "google/veo-3.1"},
+                "created_at": T0 - 100,
+                "updated_at": T0 - 100,
+                "next_poll_at": next_poll_at,
+                "outputs_known": int(bool(outputs)),
+            }
+        )
+        if outputs:
+            store.create_outputs("vj_1", outputs, T0)
+
+
+def in_background(work):
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_until(condition, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def test_a_stale_poll_claim_never_writes(settings, store, hostile_upstream):
+    released = threading.Event()
+    completed = {"id": "job-1", "status": "completed", "unsigned_urls": ["a", "b"]}
+    hostile_upstream.on(
+        "GET",
+        "/videos/job-1",
+        Answer.json(completed, hold_after=0, gate=released),  # the first poll stalls
+        Answer.json({"id": "job-1", "status": "in_progress"}),
+    )
+    add_job(store)
+    stalled = make_worker(settings, Clock(T0), "stalled")
+    first = in_background(lambda: stalled.run_once(T0))
+    wait_until(lambda: len(hostile_upstream.seen("GET", "/videos/job-1")) == 1)
+
+    later = T0 + LEASE + 1  # the stalled worker's lease has run out
+    taker = make_worker(settings, Clock(later), "taker")
+    assert taker.run_once(later) == 1
+    after_takeover = store.job("vj_1")
+    assert after_takeover["status"] == "in_progress" and after_takeover["polls"] == 1
+
+    released.set()  # the stalled poll now learns "completed": too late, its claim is gone
+    first.join(10)
+    assert not first.is_alive()
+    job = store.job("vj_1")
+    assert job["status"] == "in_progress" and job["polls"] == 1
+    assert job["next_poll_at"] == after_takeover["next_poll_at"]
+    assert store.outputs(["vj_1"])["vj_1"] == []
+
+
+def test_a_poll_claim_taken_over_before_its_turn_is_skipped(settings, store, hostile_upstream):
+    hostile_upstream.on("GET", "/videos/job-1", Answer.json({"id": "job-1", "status": "failed"}))
+    add_job(store)
+    clock = Clock(T0)
+    worker = make_worker(settings, clock, "slow")
+    claimed = store.claim_due_jobs("slow", T0, T0 + LEASE, 10)
+    store.claim_due_jobs("other", T0 + LEASE + 1, T0 + 2 * LEASE, 10)  # taken over meanwhile
+    worker._round = (T0, T0)
+    clock.now = T0 + LEASE + 2
+    worker._poll_one(claimed[0], T0)
+    assert hostile_upstream.seen("GET", "/videos/job-1") == []  # never asked upstream
+    assert store.job("vj_1")["status"] == "in_progress"
+
+
+def test_a_long_download_keeps_its_claim_by_renewing_it(settings, store, hostile_upstream):
+    video = bytes(range(256)) * 4096  # 1 MiB
+    released = threading.Event()
+    hostile_upstream.on(
+        "GET", "/videos/job-1/content", ranged_file(video, hold_after=512 * 1024, gate=released)
+    )
+    add_job(store, status="completed", next_poll_at=None, outputs=1)
+    clock = Clock(T0)
+    worker = make_worker(settings, clock, "long")
+    worker.run_once(T0, wait=False)
+    wait_until(lambda: store.output("vj_1", 0)["status"] == "downloading")
+
+    # Time passes in steps shorter than the lease; the download renews as it goes.
+    for _ in range(6):
+        clock.now += LEASE / 2
+        wait_until(lambda: store.output("vj_1", 0)["lease_expires_at"] > clock.now)
+        assert store.claim_due_outputs("thief", clock.now, clock.now + LEASE, 10) == []
+        released.set() if _ == 5 else None
+    wait_until(lambda: store.output("vj_1", 0)["status"] == "downloaded")
+    worker.stop()
+    assert store.output("vj_1", 0)["bytes"] == len(video)
+
+
+def test_a_stalled_download_whose_claim_was_taken_over_never_commits(
+    settings, store, hostile_upstream
+):
+    stale_bytes = b"s" * (1024 * 1024)  # what the stalled worker is given
+    good_bytes = b"g" * (1024 * 1024)  # what the worker that takes over is given
+    released = threading.Event()
+    hostile_upstream.on(
+        "GET",
+        "/videos/job-1/content",
+        ranged_file(stale_bytes, hold_after=len(stale_bytes) - 1, gate=released),
+        ranged_file(good_bytes),
+    )
+    add_job(store, status="completed", next_poll_at=None, outputs=1)
+    stalled = make_worker(settings, Clock(T0), "stalled")  # its clock stands still: no renewal
+    stalled.run_once(T0, wait=False)
+    wait_until(lambda: store.output("vj_1", 0)["status"] == "downloading")
+
+    later = T0 + LEASE + 1
+    taker = make_worker(settings, Clock(later), "taker")
+    taker.run_once(later)  # takes the expired claim over and downloads the whole file
+    done = store.output("vj_1", 0)
+    assert done["status"] == "downloaded" and done["lease_owner"] is None
+
+    released.set()  # the stalled download gets its last byte: it must not commit
+    wait_until(lambda: all(future.done() for future in stalled._in_flight))
+    stalled.stop()
+    assert store.output("vj_1", 0) == done  # nothing the stalled worker did reached the row
+    with taker.media.open("vj_1", 0) as stored:
+        assert stored.read() == good_bytes  # nor the stored file
