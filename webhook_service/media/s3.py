@@ -35,6 +35,7 @@ needs no credentials and the bucket honours ``Range`` on it.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import threading
@@ -247,18 +248,52 @@ class S3Media(MediaStorage):
         return Served(url=url)
 
 
+class PartBody(io.RawIOBase):
+    """A seekable reader over part of the part buffer, so a part is sent without a copy."""
+
+    def __init__(self, view: memoryview) -> None:
+        super().__init__()
+        self._view = view
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}
+        self._position = max(0, base[whence] + offset)
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        piece = self._view[self._position : self._position + len(buffer)]
+        buffer[: len(piece)] = piece
+        self._position += len(piece)
+        return len(piece)
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+
 class S3Partial(PartialObject):
     """An output streaming into a multipart upload, at most one part in memory.
 
-    The upload starts only once a whole part is buffered: an output smaller than
-    one part is sent with a single ``PutObject`` at commit.
+    Bytes are copied once, into a fixed part-sized buffer, and sent from there.  The
+    upload starts only once a whole part is buffered: an output smaller than one
+    part is sent with a single ``PutObject`` at commit.
     """
 
     def __init__(self, media: S3Media, key: str, fence: int) -> None:
         self.media = media
         self.key = key
         self.fence = int(fence)
-        self._buffer = bytearray()
+        self._buffer: bytearray | None = None
+        self._filled = 0
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
         self._hash = hashlib.sha256()
@@ -269,13 +304,24 @@ class S3Partial(PartialObject):
         return self._hash.hexdigest()
 
     def write(self, chunk: bytes) -> None:
-        self._buffer += chunk
         self._hash.update(chunk)
         self.size += len(chunk)
-        while len(self._buffer) >= PART_SIZE:
-            self._send_part(PART_SIZE)
+        view = memoryview(chunk)
+        while view:
+            if self._buffer is None:
+                self._buffer = bytearray(PART_SIZE)
+            taken = min(len(view), PART_SIZE - self._filled)
+            self._buffer[self._filled : self._filled + taken] = view[:taken]
+            self._filled += taken
+            view = view[taken:]
+            if self._filled == PART_SIZE:
+                self._send_part()
 
-    def _send_part(self, length: int) -> None:
+    def _body(self) -> PartBody:
+        buffer = self._buffer if self._buffer is not None else bytearray()
+        return PartBody(memoryview(buffer)[: self._filled])
+
+    def _send_part(self) -> None:
         client, bucket = self.media.client, self.media.bucket
         if self._upload_id is None:
             with self.media.errors("start an upload"):
@@ -286,15 +332,18 @@ class S3Partial(PartialObject):
                     Metadata={"fence": str(self.fence)},
                 )
             self._upload_id = str(answer["UploadId"])
-        body = bytes(self._buffer[:length])
         number = len(self._parts) + 1
         with self.media.errors("upload a part"):
             answer = client.upload_part(
-                Bucket=bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=body
+                Bucket=bucket,
+                Key=self.key,
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=self._body(),
+                ContentLength=self._filled,
             )
-        del body
         self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
-        del self._buffer[:length]
+        self._filled = 0
 
     def restart(self) -> None:
         self._drop()
@@ -308,21 +357,22 @@ class S3Partial(PartialObject):
                 client.put_object(
                     Bucket=bucket,
                     Key=self.key,
-                    Body=bytes(self._buffer),
+                    Body=self._body(),
+                    ContentLength=self._filled,
                     ContentType=CONTENT_TYPE,
                     Metadata={"fence": str(self.fence)},
                 )
-            self._buffer = bytearray()
-            return
-        if self._buffer:
-            self._send_part(len(self._buffer))
-        with self.media.errors("complete the upload"):
-            client.complete_multipart_upload(
-                Bucket=bucket,
-                Key=self.key,
-                UploadId=self._upload_id,
-                MultipartUpload={"Parts": self._parts},
-            )
+        else:
+            if self._filled:
+                self._send_part()
+            with self.media.errors("complete the upload"):
+                client.complete_multipart_upload(
+                    Bucket=bucket,
+                    Key=self.key,
+                    UploadId=self._upload_id,
+                    MultipartUpload={"Parts": self._parts},
+                )
+        self._buffer, self._filled = None, 0
         self._upload_id, self._parts = None, []
 
     def discard(self) -> None:
@@ -333,7 +383,7 @@ class S3Partial(PartialObject):
             log.warning("cannot abort the upload of %s: %s", self.key, error)
 
     def _drop(self) -> None:
-        self._buffer = bytearray()
+        self._buffer, self._filled = None, 0
         upload_id, self._upload_id, self._parts = self._upload_id, None, []
         if upload_id is not None:
             self.media.abort(self.key, upload_id)
