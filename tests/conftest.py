@@ -1,4 +1,10 @@
-"""Shared fixtures: a fresh app on a temp database, the sandbox upstream on loopback."""
+"""Shared fixtures: a fresh app on a temp database, the sandbox upstream on loopback.
+
+Tests in `POSTGRES_MODULES` that use a database (through ``base_env`` or
+``engine``) run once on SQLite and once on PostgreSQL (a fresh database per test,
+see `pg.py`); the rest run on SQLite.  Mark a test ``sqlite_only`` to keep it off
+PostgreSQL.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from pg import PostgresServer, start_server
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from webhook_service import create_app
@@ -19,6 +26,62 @@ from webhook_service.store import open_store as open_configured_store
 API_TOKEN = "test-api-token"
 WEBHOOK_SECRET = "test-webhook-secret"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+ENGINES = ("sqlite", "postgres")
+POSTGRES_MODULES = frozenset(
+    {"test_store", "test_api", "test_webhooks", "test_worker", "test_cli", "test_held_submits"}
+)
+# Tests that look at the SQLite file itself (same as marking them sqlite_only).
+SQLITE_ONLY = frozenset(
+    {
+        "test_api.py::test_healthz_is_503_when_the_database_is_gone",
+        "test_cli.py::test_migrate_creates_the_database",
+    }
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite_only: run this test on SQLite only")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run database tests of `POSTGRES_MODULES` on both engines."""
+    if "engine" not in metafunc.fixturenames:
+        return
+    module = metafunc.module.__name__.rpartition(".")[2]
+    sqlite_only = (
+        metafunc.definition.get_closest_marker("sqlite_only") is not None
+        or f"{module}.py::{metafunc.definition.originalname}" in SQLITE_ONLY
+    )
+    if module in POSTGRES_MODULES and not sqlite_only:
+        metafunc.parametrize("engine", ENGINES, indirect=True)
+
+
+@pytest.fixture
+def engine(request: pytest.FixtureRequest) -> str:
+    """The database engine this test runs on."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the session (skips the test when there is none)."""
+    found = start_server()
+    if isinstance(found, str):
+        pytest.skip(found)
+    yield found
+    found.stop()
+
+
+@pytest.fixture
+def database_url(engine: str, request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """A fresh, migrated PostgreSQL database for the test; None on SQLite."""
+    if engine != "postgres":
+        yield None
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    url = server.create_database()
+    yield url
+    server.drop_database(url)
 
 
 @pytest.fixture
@@ -36,9 +99,11 @@ def sandbox() -> Iterator[Any]:
 
 
 @pytest.fixture
-def base_env(tmp_path: Path) -> dict[str, str]:
+def base_env(tmp_path: Path, database_url: str | None) -> dict[str, str]:
     """Environment-style settings for one test; upstream is a closed port."""
+    database = {"DATABASE_URL": database_url} if database_url else {}
     return {
+        **database,
         "DATABASE_PATH": str(tmp_path / "db.sqlite3"),
         "MEDIA_DIR": str(tmp_path / "videos"),
         "SERVICE_API_TOKENS": f"{API_TOKEN},second-token",
