@@ -1,13 +1,9 @@
-"""The WSGI entry point: ``gunicorn wsgi:app``."""
+"""The WSGI entry point from a clone: ``gunicorn wsgi:app``.
 
-import sys
+The Procfile uses ``webhook_service.wsgi:app``, which works from an installed
+package wherever the command runs; this module exposes the same app.
+"""
 
-from webhook_service import create_app
-from webhook_service.config import ConfigError
+from webhook_service.wsgi import app
 
-try:
-    app = create_app()
-except ConfigError as error:
-    print(f"webhook_service: configuration error: {error}", file=sys.stderr, flush=True)
-    # 4 is gunicorn's "app failed to load": the arbiter stops instead of respawning.
-    raise SystemExit(4) from None
+__all__ = ["app"]

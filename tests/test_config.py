@@ -152,6 +152,8 @@ def test_api_bases_with_a_path_are_accepted(value):
         ("DATABASE_POOL_SIZE", "0"),
         ("DATABASE_POOL_SIZE", "2.5"),
         ("DATABASE_POOL_SIZE", "many"),
+        ("REQUEST_READ_TIMEOUT_SECONDS", "0"),
+        ("REQUEST_READ_TIMEOUT_SECONDS", "never"),
     ],
 )
 def test_unusable_values_fail_with_one_clear_line(name, value):

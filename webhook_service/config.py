@@ -49,6 +49,7 @@ class Settings:
     trusted_proxy_count: int = 1
     upstream_timeout_seconds: float = 60.0
     worker_lease_seconds: float = 60.0
+    request_read_timeout_seconds: float = 30.0
     allow_insecure_callbacks: bool = False
     app_title: str = "webhook_service"
     media_storage: str | None = None
@@ -186,6 +187,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         trusted_proxy_count=whole("TRUSTED_PROXY_COUNT", 1, minimum=0),
         upstream_timeout_seconds=number("MODELGATES_TIMEOUT_SECONDS", 60, minimum=0.1),
         worker_lease_seconds=number("WORKER_LEASE_SECONDS", 60, minimum=MIN_LEASE_SECONDS),
+        request_read_timeout_seconds=number("REQUEST_READ_TIMEOUT_SECONDS", 30, minimum=1),
         allow_insecure_callbacks=insecure,
         app_title=text("APP_TITLE") or Settings.app_title,
         media_storage=media_storage,
