@@ -25,10 +25,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """
     app = Flask(__name__, instance_relative_config=True)
     if test_config is None:
-        from dotenv import load_dotenv
-
-        load_dotenv()
-        settings = load_settings()
+        settings = load_settings()  # also reads ./.env
     else:
         settings = load_settings({k: str(v) for k, v in test_config.items() if k.isupper()})
         app.config.update(test_config)

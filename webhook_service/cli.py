@@ -17,7 +17,7 @@ import click
 import httpx
 
 from . import events
-from .config import ConfigError, load_settings
+from .config import ConfigError, load_dotenv_file, load_settings
 from .sandbox.cli import sandbox_command
 from .signatures import sign
 from .store import Store, open_store
@@ -236,9 +236,7 @@ cli.add_command(sandbox_command, "sandbox")
 
 def main() -> None:
     """Entry point: run the CLI, turning configuration errors into one line."""
-    from dotenv import load_dotenv
-
-    load_dotenv()
+    load_dotenv_file()
     try:
         cli.main(standalone_mode=True)
     except ConfigError as error:
