@@ -323,3 +323,31 @@ def test_old_names_stay_importable(tmp_path: Path) -> None:
     remove_stale_parts(final)
     assert not part.path.exists()
     part.discard()
+
+
+def test_a_claim_whose_leftovers_were_removed_cannot_commit(engine: Engine) -> None:
+    stalled = engine.storage.open_partial(JOB, 0, fence=1)
+    stalled.write(payload(PART_SIZE + 3, seed=4))  # under way when its claim is taken over
+    engine.storage.remove_stale(JOB, 0)
+    data = payload(PART_SIZE + 9, seed=5)
+    taken_over = engine.storage.open_partial(JOB, 0, fence=2)
+    taken_over.write(data)
+    taken_over.commit()
+    stalled.write(b"more")
+    with pytest.raises(OSError):
+        stalled.commit()
+    stalled.discard()
+    assert read_back(engine.storage) == data
+    assert engine.leftovers() == []
+
+
+def test_the_server_can_run_in_its_own_process() -> None:
+    with S3Server(separate_process=True) as server:
+        bucket = server.create_bucket()
+        storage = open_media(media_storage=f"s3://{bucket}", environ=server.environ())
+        target = storage.open_partial(JOB, 0, fence=1)
+        target.write(b"bytes in another process")
+        target.commit()
+        assert read_back(storage) == b"bytes in another process"
+    with pytest.raises(MediaUnavailable):
+        storage.check()
