@@ -15,10 +15,16 @@ Exceptions, by what a caller can conclude::
 GETs retry on transport errors, 429 and 5xx (`retry_delay`, with backoff, jitter and
 `Retry-After`); `POST /videos` is never retried: upstream has no idempotency key, so
 a retry of a request that may have arrived can charge twice.
+
+JSON answers are read up to ``MAX_JSON_BYTES`` and parsed strictly (RFC 8259): ``NaN``,
+``Infinity`` and numbers too large for a float make the answer a ``ServerError`` (502),
+as does nesting too deep to parse, so no such value ever reaches the service's own JSON.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -39,6 +45,11 @@ CONNECT_TIMEOUT_SECONDS = 5.0
 MAX_RETRIES = 2
 MAX_INLINE_WAIT = 5.0  # longer Retry-After values go back to the caller to reschedule
 MAX_REDIRECTS = 3
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_JSON_BYTES = 4 * 1024 * 1024  # a job answer is a few KiB; a bigger one is not ours
+MAX_ERROR_BODY_BYTES = 64 * 1024
+MAX_MESSAGE_CHARS = 1000
+MAX_RETRY_AFTER = 86400.0
 
 
 class ModelGatesError(Exception):
@@ -122,18 +133,44 @@ def parse_retry_after(value: str | None) -> float | None:
         seconds = float(value.strip())
     except ValueError:
         return None
-    return max(0.0, seconds)
+    if not math.isfinite(seconds):
+        return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
-def error_from_response(response: httpx.Response) -> APIError:
-    """Turn an error answer (envelope or not) into the matching exception."""
+def strict_json(raw: bytes) -> Any:
+    """Parse RFC 8259 JSON; raise ValueError for NaN, Infinity, overflow or deep nesting."""
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {text[:40]}")
+    return value
+
+
+def error_from_response(response: httpx.Response, body: bytes | None = None) -> APIError:
+    """Turn an error answer (envelope or not) into the matching exception.
+
+    ``body`` is the (possibly cut short) body when the response was streamed.
+    """
     message, metadata = response.reason_phrase or "error", None
     try:
-        envelope = response.json()
+        envelope = strict_json(response.content if body is None else body)
     except ValueError:
         envelope = None
     if isinstance(envelope, dict) and isinstance(envelope.get("error"), dict):
-        message = str(envelope["error"].get("message") or message)
+        found = envelope["error"].get("message")
+        if isinstance(found, str) and found:
+            message = found[:MAX_MESSAGE_CHARS]
         if isinstance(envelope["error"].get("metadata"), dict):
             metadata = envelope["error"]["metadata"]
     status = response.status_code
@@ -207,28 +244,37 @@ class ModelGatesClient:
 
     @contextmanager
     def stream_content(
-        self, upstream_id: str, index: int, start: int = 0
+        self, upstream_id: str, index: int, start: int = 0, *, ranged: bool = False
     ) -> Iterator[httpx.Response]:
-        """Open GET /videos/{id}/content?index=N as a stream (from byte ``start``).
+        """Open GET /videos/{id}/content?index=N as a stream of the bytes as stored.
 
-        Yields a 200 or 206 response; error answers raise.  Redirects are followed
-        only to the same origin, so the key never travels elsewhere.
+        Asks for ``Accept-Encoding: identity`` (what we store is what we hash, so a
+        body is never decoded), and for ``Range: bytes=<start>-`` when ``start`` is
+        not 0 or ``ranged`` is set.  Yields any answer below 400 that is not a
+        redirect: judging whether it proves the whole file is the caller's job.
+        Error answers raise.  Redirects are followed only to the same origin, so the
+        key never travels elsewhere; anything else about them is a ``ServerError``.
         """
         url = f"{self.base_url}/videos/{_segment(upstream_id)}/content?index={int(index)}"
-        headers = {"Range": f"bytes={start}-"} if start else {}
+        headers = {"Accept-Encoding": "identity"}
+        if start or ranged:
+            headers["Range"] = f"bytes={int(start)}-"
         for _ in range(MAX_REDIRECTS + 1):
-            request = self._http.build_request("GET", url, headers=headers)
+            try:
+                request = self._http.build_request("GET", url, headers=headers)
+            except (httpx.InvalidURL, ValueError) as exc:
+                raise ServerError(502, f"content download redirected to a bad URL: {exc}") from None
             try:
                 response = self._http.send(request, stream=True)
             except httpx.TransportError as exc:
                 raise _transport_error(exc) from exc
             try:
-                if response.is_redirect:
-                    url = self._same_origin(url, response.headers.get("Location", ""))
+                location = response.headers.get("Location")
+                if response.status_code in REDIRECTS and location is not None:
+                    url = self._same_origin(url, location)
                     continue
                 if response.status_code >= 400:
-                    response.read()
-                    raise error_from_response(response)
+                    raise error_from_response(response, _read_some(response))
                 yield response
                 return
             finally:
@@ -236,8 +282,12 @@ class ModelGatesClient:
         raise ServerError(502, "too many redirects on content download")
 
     def _same_origin(self, current: str, location: str) -> str:
-        target = urljoin(current, location)
-        if urlsplit(target)[:2] != urlsplit(self.base_url)[:2]:
+        try:
+            target = urljoin(current, location)
+            same = _origin(target) == _origin(self.base_url)
+        except ValueError:
+            raise ServerError(502, "content download redirected to a bad URL") from None
+        if not same:
             raise ServerError(502, "content download redirected to another origin; not followed")
         return target
 
@@ -254,16 +304,23 @@ class ModelGatesClient:
                 self._sleep(delay)
 
     def _once(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        request = self._http.build_request(method, self.base_url + path, **kwargs)
         try:
-            response = self._http.request(method, self.base_url + path, **kwargs)
+            response = self._http.send(request, stream=True)
         except httpx.TransportError as exc:
             raise _transport_error(exc) from exc
-        if response.status_code >= 400 or response.is_redirect:
-            raise error_from_response(response)
         try:
-            payload = response.json()
-        except ValueError:
-            raise ServerError(502, "answer is not JSON") from None
+            if response.status_code >= 400 or response.is_redirect:
+                raise error_from_response(response, _read_some(response))
+            raw = _read_some(response, MAX_JSON_BYTES + 1)
+        finally:
+            response.close()
+        if len(raw) > MAX_JSON_BYTES:
+            raise ServerError(502, f"answer is larger than {MAX_JSON_BYTES} bytes")
+        try:
+            payload = strict_json(raw)
+        except ValueError as exc:
+            raise ServerError(502, f"answer is not strict JSON: {exc}") from None
         if not isinstance(payload, dict):
             raise ServerError(502, "answer is not a JSON object")
         return payload
@@ -273,6 +330,26 @@ def _transport_error(exc: httpx.TransportError) -> TransportError:
     # Only a failure to connect proves the request never left this machine.
     sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
     return TransportError(f"{type(exc).__name__}: {exc}", sent=sent)
+
+
+def _read_some(response: httpx.Response, limit: int = MAX_ERROR_BODY_BYTES) -> bytes:
+    """Read at most about ``limit`` bytes of a streamed body (decoded as sent)."""
+    body = bytearray()
+    try:
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) >= limit:
+                break
+    except httpx.TransportError as exc:
+        raise _transport_error(exc) from exc
+    except httpx.DecodingError:
+        raise ServerError(502, "answer body cannot be decoded") from None
+    return bytes(body)
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
 
 
 def _segment(value: str) -> str:
