@@ -34,12 +34,18 @@ API_KEY = "demo-sandbox-key"
 STOP_SECONDS = 10.0
 TERMINAL = {"completed", "failed", "cancelled", "expired", "submit_failed"}
 
-# What the Procfile says; used only when the demo runs outside a checkout.
+# The repository's Procfile, used when the working directory has none of ours: every
+# line runs from an installed package, wherever the command is started.
 DEFAULT_PROCFILE = {
     "release": "webhook-service migrate",
-    "web": "gunicorn wsgi:app --bind 0.0.0.0:$PORT --workers 2 --threads 4",
+    "web": "gunicorn webhook_service.wsgi:app --config python:webhook_service.gunicorn_conf"
+    " --bind 0.0.0.0:$PORT --workers ${WEB_CONCURRENCY:-2} --threads ${WEB_THREADS:-4}"
+    " --graceful-timeout 8 --access-logfile -",
     "worker": "webhook-service worker",
 }
+# Settings that would point the demo at the user's own database, bucket or app.
+NOT_INHERITED = ("DATABASE_URL", "MEDIA_STORAGE", "NOTIFY_URL", "NOTIFY_SIGNING_SECRET")
+LOG_LINES_SHOWN = 20
 
 
 @dataclass
@@ -73,6 +79,16 @@ def read_procfile(path: Path) -> dict[str, str]:
     return processes
 
 
+def demo_procfile(cwd: Path) -> dict[str, str]:
+    """The Procfile in ``cwd`` if it is this service's, else the packaged one."""
+    path = cwd / "Procfile"
+    if path.is_file():
+        processes = read_procfile(path)
+        if "webhook_service" in processes.get("web", "") and "worker" in processes:
+            return processes
+    return dict(DEFAULT_PROCFILE)
+
+
 def free_port() -> int:
     """Return a free TCP port on loopback."""
     with socket.socket() as sock:
@@ -80,10 +96,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(check: Callable[[], bool], seconds: float, what: str) -> None:
-    """Poll ``check`` until true, or fail saying ``what`` did not happen."""
+def wait_for(
+    check: Callable[[], bool],
+    seconds: float,
+    what: str,
+    alive: Callable[[], None] = lambda: None,
+) -> None:
+    """Poll ``check`` until true, or fail saying ``what`` did not happen.
+
+    ``alive`` is called on every round; it raises when a process died meanwhile.
+    """
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
+        alive()
         try:
             if check():
                 return
@@ -119,6 +144,24 @@ class Processes:
         self.running[name] = process
         return process
 
+    def check(self) -> None:
+        """Raise `DemoFailed` with its last output if any process has exited."""
+        for name, process in self.running.items():
+            status = process.poll()
+            if status is not None:
+                raise DemoFailed(
+                    f"{name} exited with status {status}; its last output:\n" + self.tail(name)
+                )
+
+    def tail(self, name: str, lines: int = LOG_LINES_SHOWN) -> str:
+        """The last lines a process wrote."""
+        try:
+            text = (self.logs / f"{name}.log").read_text(errors="replace")
+        except OSError:
+            return "    (no output)"
+        shown = text.rstrip().splitlines()[-lines:] or ["(no output)"]
+        return "\n".join(f"    {line}" for line in shown)
+
     def signal(self, name: str, signum: int) -> None:
         """Send a signal to a process and its children."""
         os.killpg(self.running[name].pid, signum)
@@ -141,8 +184,9 @@ class Processes:
 
 def local_env(home: Path, sandbox_url: str, web_port: int) -> dict[str, str]:
     """The environment of a local deployment: instance files in ``home``, the sandbox upstream."""
+    inherited = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
     return {
-        **os.environ,
+        **inherited,
         "PORT": str(web_port),
         "DATABASE_PATH": str(home / "webhook_service.sqlite3"),
         "MEDIA_DIR": str(home / "videos"),
@@ -188,36 +232,47 @@ def sandbox_command(port: int, *extra: str) -> str:
 def run(keep: bool, echo: Callable[[str], None] = print) -> int:
     """Run the demo; return the process exit status."""
     home = Path(tempfile.mkdtemp(prefix="webhook-service-demo-"))
-    procfile_path = Path("Procfile")
-    procfile = read_procfile(procfile_path) if procfile_path.exists() else DEFAULT_PROCFILE
+    procfile = demo_procfile(Path.cwd())
     sandbox_port, web_port = free_port(), free_port()
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
     web_url = f"http://127.0.0.1:{web_port}"
     env = local_env(home, sandbox_url, web_port)
-    processes = Processes(home)
+    # Children run in the instance folder: the user's .env is not theirs to read.
+    processes = Processes(home, cwd=home)
     echo(f"demo: instance folder {home}")
     try:
         processes.start("sandbox", sandbox_command(sandbox_port), env)
         if "release" in procfile:
             release = subprocess.run(
-                ["bash", "-c", procfile["release"]], env=env, capture_output=True, text=True
+                ["bash", "-c", procfile["release"]],
+                cwd=home,
+                env=env,
+                capture_output=True,
+                text=True,
             )
             if release.returncode:
-                raise DemoFailed(f"release step failed: {release.stderr.strip()}")
+                output = (release.stdout + release.stderr).strip() or "(no output)"
+                raise DemoFailed(f"release step exited with status {release.returncode}: {output}")
         processes.start("web", procfile["web"], env)
         processes.start("worker", procfile["worker"], env)
         wait_for(
             lambda: httpx.get(f"{sandbox_url}/_sandbox/stats").is_success,
             20,
             "the sandbox did not start",
+            processes.check,
         )
-        wait_for(lambda: httpx.get(f"{web_url}/healthz").is_success, 30, "web did not start")
+        wait_for(
+            lambda: httpx.get(f"{web_url}/healthz").is_success,
+            30,
+            "web did not start",
+            processes.check,
+        )
         echo(f"demo: sandbox {sandbox_url}, web {web_url}, worker running; submitting jobs")
         with httpx.Client(
             base_url=web_url, timeout=30, headers={"Authorization": f"Bearer {API_TOKEN}"}
         ) as api:
             _submit_all(api, echo)
-            _follow(api, echo)
+            _follow(api, echo, processes.check)
             failures = _check(api, httpx.Client(base_url=sandbox_url), home, echo)
         if keep:
             echo(
@@ -263,10 +318,16 @@ def _submit_all(api: httpx.Client, echo: Callable[[str], None]) -> None:
         echo(f"  submitted {scenario.job['id']}  {scenario.name}")
 
 
-def _follow(api: httpx.Client, echo: Callable[[str], None], seconds: float = 90) -> None:
+def _follow(
+    api: httpx.Client,
+    echo: Callable[[str], None],
+    alive: Callable[[], None],
+    seconds: float = 90,
+) -> None:
     deadline = time.monotonic() + seconds
     shown: dict[str, str] = {}
     while time.monotonic() < deadline:
+        alive()
         settled = True
         for scenario in SCENARIOS:
             job = api.get(f"/api/jobs/{scenario.job['id']}").json()
