@@ -285,7 +285,7 @@ def run(keep: bool, echo: Callable[[str], None] = print) -> int:
         if slow:
             failures.append(f"{', '.join(slow)} took more than {STOP_SECONDS:.0f}s to stop")
     except DemoFailed as error:
-        echo(f"\ndemo FAILED: {error} (logs in {home})")
+        echo(f"\ndemo FAILED: {error}\n(logs in {home})")
         return 1
     finally:
         processes.stop()  # a no-op for processes already stopped; never leave any behind
