@@ -65,3 +65,15 @@ def test_a_failing_release_step_is_reported_in_one_line(tmp_path):
     assert result.returncode == 1
     failed = [line for line in result.stdout.splitlines() if "demo FAILED" in line]
     assert len(failed) == 1 and "WORKER_LEASE_SECONDS" in failed[0], result.stdout
+
+
+def test_the_printed_procfile_is_the_repository_procfile(tmp_path):
+    printed = subprocess.run(
+        [sys.executable, "-m", "webhook_service.cli", "demo", "--procfile"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    (tmp_path / "Procfile").write_text(printed)
+    assert read_procfile(tmp_path / "Procfile") == read_procfile(REPO / "Procfile")

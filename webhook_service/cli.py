@@ -224,10 +224,20 @@ def send_test_event(
 
 @cli.command()
 @click.option("--keep", is_flag=True, help="Leave everything running and print the URLs.")
-def demo(keep: bool) -> None:
+@click.option(
+    "--procfile",
+    "print_procfile",
+    is_flag=True,
+    help="Print the service's Procfile (for honcho or a platform) and exit.",
+)
+def demo(keep: bool, print_procfile: bool) -> None:
     """Run sandbox, web and worker on loopback and push a handful of jobs through."""
-    from .demo import run
+    from .demo import DEFAULT_PROCFILE, run
 
+    if print_procfile:
+        for name, command in DEFAULT_PROCFILE.items():
+            click.echo(f"{name}: {command}")
+        return
     sys.exit(run(keep, click.echo))
 
 
