@@ -23,6 +23,7 @@ from test_webhooks import event_body, make_job, signed
 from webhook_service import strict_json
 from webhook_service.jobs import usable_cost
 from webhook_service.signatures import sign
+from webhook_service.store import StoreUnavailable
 
 FIXTURES_SHARED = settings(
     max_examples=60,
@@ -72,7 +73,10 @@ def job_count(store: Any) -> int:
 
 
 # Any JSON-ish value, including NaN/Infinity, huge integers and lone surrogates.
-any_text = st.text(st.characters(exclude_categories=()), max_size=20)
+ODD_CHARACTERS = ["\ud800", "\udfff", "\x00", "\ufffe", "\U0010ffff", "\u202e", "\x7f"]
+any_text = st.text(
+    st.characters(exclude_categories=()) | st.sampled_from(ODD_CHARACTERS), max_size=20
+)
 json_values = st.recursive(
     st.none()
     | st.booleans()
@@ -420,3 +424,21 @@ def test_raw_hostile_requests_over_a_socket_get_4xx_in_strict_json(hook_app, db,
     parsed = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
     assert set(parsed["error"]) == {"code", "message", "details"}
     assert db.count_events() == 0
+
+
+def test_scrub_turns_non_finite_numbers_from_upstream_into_null():
+    assert strict_json.scrub([{"x": float("nan"), "y": [float("-inf"), 1.5, "NaN"]}]) == [
+        {"x": None, "y": [None, 1.5, "NaN"]}
+    ]
+
+
+def test_a_database_outage_is_503_with_retry_after_not_a_500(app):
+    @app.get("/busy")
+    def busy() -> None:
+        raise StoreUnavailable("SQLite: database is locked")
+
+    response = app.test_client().get("/busy")
+    assert response.status_code == 503
+    assert strict_body(response)["error"]["code"] == "database_unavailable"
+    assert response.headers["Retry-After"] == "5"
+    assert b"locked" not in response.get_data()

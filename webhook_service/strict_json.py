@@ -97,6 +97,18 @@ def _dotted(path: tuple[str, ...]) -> str:
     return ".".join(path) or "_schema"
 
 
+def scrub(value: Any) -> Any:
+    """Return a copy of parsed JSON with every non-finite number replaced by None.
+
+    For values passed on from upstream as they came (the model list), which the
+    strict provider would otherwise refuse to write.
+    """
+    try:
+        return json.loads(json.dumps(value), parse_constant=lambda _: None)
+    except RecursionError:
+        raise JSONRefused("The value is nested too deeply.") from None
+
+
 class StrictJSONProvider(DefaultJSONProvider):
     """Flask's JSON, refusing to write ``NaN`` or ``Infinity`` (RFC 8259)."""
 

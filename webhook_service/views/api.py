@@ -266,7 +266,10 @@ def list_models() -> Response:
         models = services.catalog.models()
     except ModelGatesError as error:
         raise UpstreamError(f"ModelGates model list unavailable: {error}") from None
-    return jsonify({"data": models})
+    try:
+        return jsonify({"data": strict_json.scrub(models)})
+    except strict_json.JSONRefused as error:
+        raise UpstreamError(f"ModelGates model list unusable: {error.message}") from None
 
 
 def _iso(value: float | None) -> str | None:
