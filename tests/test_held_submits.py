@@ -14,6 +14,7 @@ from webhook_service import create_app, submission
 from webhook_service.config import load_settings
 from webhook_service.errors import ServiceError
 from webhook_service.modelgates import ModelGatesClient
+from webhook_service.store import open_store
 from webhook_service.store.sqlite import SqliteStore
 
 PARAMS = {"model": "google/veo-3.1", "prompt": "a lighthouse at dusk", "duration": 8}
@@ -77,6 +78,7 @@ def only_job(settings):
     return rows[0]
 
 
+@pytest.mark.sqlite_only  # holds SQLite's lock from outside
 def test_a_short_lock_after_the_202_is_waited_out_and_the_job_recorded(settings, sandbox):
     (job, created), _ = submit_while_locked(settings, sandbox, record_for=10, unlock_after=0.3)
     assert created and job["upstream_id"] and job["status"] == "pending"
@@ -85,6 +87,7 @@ def test_a_short_lock_after_the_202_is_waited_out_and_the_job_recorded(settings,
     assert sandbox.stats()["submits"] == 1
 
 
+@pytest.mark.sqlite_only
 def test_a_long_lock_answers_503_with_the_job_id_and_records_it_when_the_lock_ends(
     settings, sandbox
 ):
@@ -114,7 +117,7 @@ def test_a_submit_held_by_a_process_that_died_is_recorded_at_the_next_start(env,
     app = create_app({**env, "TESTING": True})
     settings = load_settings(env)
     client = ModelGatesClient(sandbox.base_url, "sandbox-key")
-    store = SqliteStore(settings.database_path)
+    store = open_store(settings)
     job_id = "vj_" + "0" * 24
     store.insert_job(
         {

@@ -11,10 +11,12 @@ outputs when the completing event did not list them.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .job_json import job_json
+from .notifications.events import build_event
 from .store import Store
 
 SUBMITTING = "submitting"
@@ -155,7 +157,51 @@ def apply_observation(
     store.update_job(job["id"], change.changes)
     if change.new_outputs:
         store.create_outputs(job["id"], change.new_outputs, now)
+    queue_notification(store, job["id"], now)
     return change
+
+
+def is_settled(job: Mapping[str, Any], outputs: Sequence[Mapping[str, Any]]) -> bool:
+    """Answer whether nothing about the job will change any more.
+
+    A terminal job is settled, except a completed one whose outputs are not all
+    ``downloaded`` or ``failed`` yet (or not even known yet).
+    """
+    if job["status"] not in TERMINAL:
+        return False
+    if job["status"] != COMPLETED:
+        return True
+    return bool(job["outputs_known"]) and all(
+        output["status"] in ("downloaded", "failed") for output in outputs
+    )
+
+
+def queue_notification(store: Store, job_id: str, now: float) -> bool:
+    """Queue the job's one notification if it asked for one and is settled now.
+
+    Call inside the transaction that made the change: whichever road settled the
+    job (callback, poll, the last download, the submit watchdog) queues it, once.
+    """
+    job = store.job(job_id)
+    if job is None or not job["notify_url"]:
+        return False
+    outputs = store.outputs([job_id])[job_id]
+    if not is_settled(job, outputs) or store.notifications([job_id]):
+        return False
+    pending = {"status": "pending", "sent": 0, "last_status": None, "last_error": None}
+    webhook_id, body = build_event(job_json(job, outputs, pending, settled=True), now)
+    return store.insert_notification(
+        {
+            "job_id": job_id,
+            "url": job["notify_url"],
+            "webhook_id": webhook_id,
+            "event_type": f"job.{job['status']}",
+            "body": body,
+            "next_attempt_at": now,
+            "created_at": now,
+            "updated_at": now,
+        }
+    )
 
 
 def fail_submission(error: str, now: float) -> dict[str, Any]:

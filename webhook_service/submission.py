@@ -288,6 +288,7 @@ def _record_failure(
         with store.transaction():
             changes = jobs.fail_submission(f"submit refused: {error}", now)
             store.update_job(job_id, dict(changes, submit_outcome="refused"))
+            jobs.queue_notification(store, job_id, now)
     else:
         _record_ambiguous(store, settings, job_id, f"submit outcome unknown: {error}", now)
     log.warning("submit of job %s failed: %s", job_id, error)

@@ -28,6 +28,7 @@ from .config import Settings
 from .downloads import DownloadAborted, fetch
 from .media import open_media
 from .modelgates import APIError, ModelGatesClient, ModelGatesError, RequestRefused
+from .notifications.sender import Sender
 from .store import Store, StoreUnavailable, open_store
 from .submission import in_flight_deadline, record_held
 
@@ -40,6 +41,7 @@ NOT_FOUND_LIMIT = 3
 POLLS_PER_ROUND = 50
 IDLE_SECONDS = 0.5
 SHUTDOWN_GRACE_SECONDS = 7.0
+SENDERS = 4  # notifications sent at once
 HEARTBEAT_SECONDS = 0.5  # how often running downloads' leases are looked at
 
 
@@ -102,6 +104,9 @@ class Worker:
         self._leases: dict[tuple[str, int], _Lease] = {}
         self._leases_lock = threading.Lock()
         self._heartbeat: threading.Thread | None = None
+        self.sender = Sender(settings, self.owner, clock=lambda: self.clock(), rand=rand)
+        self._send_pool = ThreadPoolExecutor(SENDERS, thread_name_prefix="notify")
+        self._sending: dict[Future[Any], dict[str, Any]] = {}
 
     @property
     def store(self) -> Store:
@@ -133,11 +138,32 @@ class Worker:
             outputs = self.store.claim_due_outputs(self.owner, now, now + self.lease_seconds, free)
             for output in outputs:
                 self._in_flight[self._pool.submit(self._download, output)] = output
+        notifications = self._claim_notifications()
         if wait:
-            for future in wait_for(self._in_flight).done:
+            for future in wait_for([*self._in_flight, *self._sending]).done:
                 future.result()
             self._in_flight.clear()
-        return len(claimed) + len(outputs)
+            self._sending.clear()
+        return len(claimed) + len(outputs) + len(notifications)
+
+    def _claim_notifications(self) -> list[dict[str, Any]]:
+        for future in [f for f in self._sending if f.done()]:
+            if future.exception() is not None:  # the claim expires; another round retries
+                log.error("notification failed unexpectedly", exc_info=future.exception())
+            del self._sending[future]
+        free = SENDERS - len(self._sending)
+        if free <= 0 or self.stopping.is_set() or not self.sender.enabled:
+            return []
+        now = self._now()
+        # The lease outlasts an attempt's whole timeout: no one else claims it mid-send.
+        until = now + max(self.lease_seconds, 2 * self.sender.timeout)
+        claims = self.store.claim_due_notifications(self.owner, now, until, free)
+        for claim in claims:
+            self._sending[self._send_pool.submit(self._send, claim)] = claim
+        return claims
+
+    def _send(self, claim: dict[str, Any]) -> None:
+        self.sender.send(self.store, claim)
 
     def run(self) -> bool:
         """Work until `stop` is called; return False if a download would not let go.
@@ -166,6 +192,11 @@ class Worker:
                 output["job_id"], output["idx"], output["fence"], {"status": "pending"}
             )
         self._pool.shutdown(wait=not stuck, cancel_futures=True)
+        sending = wait_for(self._sending, timeout=1.0).not_done
+        for future in sending:  # a stuck attempt keeps its number: the next one is new
+            claim = self._sending[future]
+            self.store.finish_notification_claim(claim["job_id"], claim["fence"], {})
+        self._send_pool.shutdown(wait=False, cancel_futures=True)
         log.info("worker %s stopped%s", self.owner, f", abandoning {len(stuck)}" if stuck else "")
         return not stuck
 
@@ -212,6 +243,7 @@ class Worker:
                 elif not fresh["upstream_id"]:
                     changes = {"next_poll_at": None}  # ended without an upstream job
                 self.store.finish_job_claim(job["id"], job["fence"], changes)
+                jobs.queue_notification(self.store, job["id"], now)
             return
         retry_after, not_found = None, 0
         seen: jobs.Observation | None = None
@@ -330,20 +362,24 @@ class Worker:
         finally:
             with self._leases_lock:
                 self._leases.pop((job_id, index), None)
-        recorded = store.finish_output_claim(
-            job_id,
-            index,
-            fence,
-            {
-                "status": "downloaded",
-                "bytes": target.size,
-                "sha256": target.sha256,
-                "file_name": self.media.name(job_id, index),
-                "error": None,
-                "next_attempt_at": None,
-                "updated_at": self.clock(),
-            },
-        )
+        now = self.clock()
+        with store.transaction():
+            recorded = store.finish_output_claim(
+                job_id,
+                index,
+                fence,
+                {
+                    "status": "downloaded",
+                    "bytes": target.size,
+                    "sha256": target.sha256,
+                    "file_name": self.media.name(job_id, index),
+                    "error": None,
+                    "next_attempt_at": None,
+                    "updated_at": now,
+                },
+            )
+            if recorded:
+                jobs.queue_notification(store, job_id, now)
         if recorded:
             log.info(
                 "downloaded %s/%s: %d bytes sha256 %s", job_id, index, target.size, target.sha256
@@ -410,17 +446,20 @@ class Worker:
                 "next_attempt_at": now + download_delay(output["attempts"], self.rand),
             }
         log.warning("download %s/%s failed: %s", output["job_id"], output["idx"], error)
-        self.store.finish_output_claim(
-            output["job_id"],
-            output["idx"],
-            output["fence"],
-            {
-                **changes,
-                "attempts": output["attempts"] + 1,
-                "failing_since": since,
-                "updated_at": now,
-            },
-        )
+        with self.store.transaction():
+            finished = self.store.finish_output_claim(
+                output["job_id"],
+                output["idx"],
+                output["fence"],
+                {
+                    **changes,
+                    "attempts": output["attempts"] + 1,
+                    "failing_since": since,
+                    "updated_at": now,
+                },
+            )
+            if finished and changes["status"] == "failed":
+                jobs.queue_notification(self.store, output["job_id"], now)
 
     def _expired_upstream(self, job: dict[str, Any]) -> bool:
         """Ask upstream whether the job's outputs are gone for good."""

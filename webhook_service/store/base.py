@@ -134,6 +134,43 @@ class Store(ABC):
     def count_events(self) -> int:
         """Return how many events are stored."""
 
+    # Notifications ------------------------------------------------------------
+
+    @abstractmethod
+    def insert_notification(self, notification: Mapping[str, Any]) -> bool:
+        """Queue a job's notification; False when the job already has one."""
+
+    @abstractmethod
+    def notifications(self, job_ids: Iterable[str]) -> dict[str, Row]:
+        """Return the notifications of many jobs, by job id."""
+
+    @abstractmethod
+    def list_notifications(
+        self, status: str | None = None, job_id: str | None = None, limit: int = 50
+    ) -> list[Row]:
+        """Return notifications newest first, filtered."""
+
+    @abstractmethod
+    def begin_notification_attempt(
+        self, job_id: str, fence: int, attempt: int, owner: str, now: float
+    ) -> bool:
+        """Record that attempt ``attempt`` goes out now; False if the claim was lost or
+        that attempt was already made (no attempt is ever sent twice)."""
+
+    @abstractmethod
+    def end_notification_attempt(
+        self, job_id: str, attempt: int, changes: Mapping[str, Any]
+    ) -> None:
+        """Record how an attempt ended (``finished_at``, ``status_code``, ``error``)."""
+
+    @abstractmethod
+    def notification_attempts(self, job_id: str) -> list[Row]:
+        """Return a job's notification attempts, oldest first."""
+
+    @abstractmethod
+    def resend_notification(self, job_id: str, now: float) -> bool:
+        """Make a job's notification due again now, with a fresh retry schedule."""
+
     # Work claiming (worker) ---------------------------------------------------
 
     @abstractmethod
@@ -143,6 +180,18 @@ class Store(ABC):
     @abstractmethod
     def claim_due_outputs(self, owner: str, now: float, until: float, limit: int) -> list[Row]:
         """Lease up to ``limit`` outputs whose download is due; each claim bumps the fence."""
+
+    @abstractmethod
+    def claim_due_notifications(
+        self, owner: str, now: float, until: float, limit: int
+    ) -> list[Row]:
+        """Lease up to ``limit`` notifications whose next attempt is due."""
+
+    @abstractmethod
+    def finish_notification_claim(
+        self, job_id: str, fence: int, changes: Mapping[str, Any]
+    ) -> bool:
+        """Release a delivery claim, setting ``changes``; False when the claim was lost."""
 
     @abstractmethod
     def renew_job_lease(self, job_id: str, fence: int, until: float) -> bool:
@@ -169,3 +218,27 @@ class Store(ABC):
     @abstractmethod
     def next_due_at(self) -> float | None:
         """Return the earliest time any poll or download is due."""
+
+    # Observability (read-only; every engine implements these) -------------------
+
+    def metrics(self, now: float, lag_buckets: tuple[float, ...]) -> Row:
+        """Return the counters and gauges ``/metrics`` exposes, read at once.
+
+        Keys: ``callbacks`` {verdict: n}; ``jobs_finished`` [{model, status, source,
+        count}] (source ``callback``/``poll``, ``submit`` when no upstream answer ended
+        it); ``lag`` {``buckets``: [n with lag ≤ each bound], ``count``, ``sum``};
+        ``downloads`` {``downloaded``, ``failed``, ``error``} (``error``: failed attempts);
+        ``download_bytes``; ``notifications`` {``delivered``, ``failed``} (attempts);
+        ``due`` {``polls``, ``downloads``, ``notifications``} (due now, not claimed).
+        """
+        raise NotImplementedError
+
+    def callback_lag_by_model(self) -> list[Row]:
+        """Return per model: ``model``, ``callbacks``, ``avg_lag``, ``max_lag`` (seconds)."""
+        raise NotImplementedError
+
+    def oldest_work(self, now: float) -> Row:
+        """Return ``job`` (oldest unfinished job), ``output`` (oldest output not yet
+        downloaded or failed), ``notification`` (oldest pending), each a row or None,
+        and ``last_callback_at`` (latest event received, or None)."""
+        raise NotImplementedError

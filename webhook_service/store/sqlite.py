@@ -111,6 +111,56 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m002_notifications(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        ALTER TABLE jobs ADD COLUMN notify_url TEXT;
+
+        CREATE TABLE notifications (
+            job_id TEXT PRIMARY KEY REFERENCES jobs (id),
+            url TEXT NOT NULL,
+            webhook_id TEXT NOT NULL,
+            event_type TEXT NOT NULL,
+            body BLOB NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            sent INTEGER NOT NULL DEFAULT 0,
+            last_status INTEGER,
+            last_error TEXT,
+            next_attempt_at REAL,
+            lease_owner TEXT,
+            lease_expires_at REAL,
+            fence INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            delivered_at REAL
+        );
+        CREATE INDEX notifications_due ON notifications (next_attempt_at)
+            WHERE next_attempt_at IS NOT NULL;
+        CREATE INDEX notifications_status ON notifications (status, created_at);
+
+        CREATE TABLE notification_attempts (
+            id INTEGER PRIMARY KEY,
+            job_id TEXT NOT NULL REFERENCES notifications (job_id),
+            attempt INTEGER NOT NULL,
+            owner TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            status_code INTEGER,
+            error TEXT,
+            UNIQUE (job_id, attempt)
+        );
+        """
+    )
+
+
+@migrations()
+def m003_event_lag(db: sqlite_utils.Database) -> None:
+    # Observability: seconds from upstream's event created_at to our receiving it.
+    db.execute("ALTER TABLE events ADD COLUMN lag_seconds REAL")
+
+
 class SqliteStore(Store):
     """The store on one SQLite file, through one connection (one per thread)."""
 
@@ -348,6 +398,102 @@ class SqliteStore(Store):
         """Return how many events are stored."""
         return int(self._execute("SELECT count(*) FROM events").fetchone()[0])
 
+    # Notifications ------------------------------------------------------------
+
+    def insert_notification(self, notification: Mapping[str, Any]) -> bool:
+        """Queue a job's notification; False when the job already has one."""
+        columns = ", ".join(notification)
+        marks = ", ".join("?" for _ in notification)
+        cursor = self._execute(
+            f"INSERT INTO notifications ({columns}) VALUES ({marks})"
+            " ON CONFLICT (job_id) DO NOTHING",
+            list(notification.values()),
+        )
+        return cursor.rowcount == 1
+
+    def notifications(self, job_ids: Iterable[str]) -> dict[str, Row]:
+        """Return the notifications of many jobs, by job id."""
+        ids = list(job_ids)
+        if not ids:
+            return {}
+        marks = ", ".join("?" for _ in ids)
+        rows = self._all(f"SELECT * FROM notifications WHERE job_id IN ({marks})", ids)
+        return {row["job_id"]: row for row in rows}
+
+    def list_notifications(
+        self, status: str | None = None, job_id: str | None = None, limit: int = 50
+    ) -> list[Row]:
+        """Return notifications newest first, filtered."""
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("status", status), ("job_id", job_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        return self._all(
+            f"SELECT * FROM notifications {clause} ORDER BY created_at DESC, job_id LIMIT ?",
+            [*params, limit],
+        )
+
+    def begin_notification_attempt(
+        self, job_id: str, fence: int, attempt: int, owner: str, now: float
+    ) -> bool:
+        """Record that attempt ``attempt`` (``sent`` + 1) goes out now.
+
+        False when the claim was lost or that attempt was already made: no attempt
+        is ever sent twice, whichever workers race for it.
+        """
+        with self.transaction():
+            held = self._one(
+                "SELECT 1 FROM notifications WHERE job_id = ? AND fence = ?", [job_id, fence]
+            )
+            if held is None:
+                return False
+            self._execute("UPDATE notifications SET sent = ? WHERE job_id = ?", [attempt, job_id])
+            cursor = self._execute(
+                "INSERT INTO notification_attempts (job_id, attempt, owner, started_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (job_id, attempt) DO NOTHING",
+                [job_id, attempt, owner, now],
+            )
+            return cursor.rowcount == 1
+
+    def end_notification_attempt(
+        self, job_id: str, attempt: int, changes: Mapping[str, Any]
+    ) -> None:
+        """Record how an attempt ended (``finished_at``, ``status_code``, ``error``)."""
+        self._update(
+            "notification_attempts", "job_id = ? AND attempt = ?", [job_id, attempt], changes
+        )
+
+    def notification_attempts(self, job_id: str) -> list[Row]:
+        """Return a job's notification attempts, oldest first."""
+        return self._all(
+            "SELECT * FROM notification_attempts WHERE job_id = ? ORDER BY attempt", [job_id]
+        )
+
+    def resend_notification(self, job_id: str, now: float) -> bool:
+        """Make a job's notification due again now, with a fresh retry schedule.
+
+        ``attempts`` (the schedule's position) starts over; ``sent`` and the attempt
+        history keep counting, so attempt numbers stay unique.
+        """
+        with self.transaction():
+            changes = {
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": now,
+                "updated_at": now,
+                "lease_owner": None,
+                "lease_expires_at": None,
+            }
+            columns = ", ".join(f"{name} = ?" for name in changes)
+            cursor = self._execute(
+                f"UPDATE notifications SET {columns}, fence = fence + 1 WHERE job_id = ?",
+                [*changes.values(), job_id],
+            )
+            return cursor.rowcount == 1
+
     # Work claiming (worker) ---------------------------------------------------
 
     def claim_due_jobs(self, owner: str, now: float, until: float, limit: int) -> list[Row]:
@@ -370,6 +516,21 @@ class SqliteStore(Store):
                 f"   ORDER BY {due} LIMIT ?) RETURNING *",
                 [owner, until, now, now, limit],
             )
+
+    def claim_due_notifications(
+        self, owner: str, now: float, until: float, limit: int
+    ) -> list[Row]:
+        """Lease up to ``limit`` notifications whose next attempt is due."""
+        return self._claim("notifications", "job_id", "next_attempt_at", owner, now, until, limit)
+
+    def finish_notification_claim(
+        self, job_id: str, fence: int, changes: Mapping[str, Any]
+    ) -> bool:
+        """Release a delivery claim, setting ``changes``; False when the claim was lost."""
+        released = {**changes, "lease_owner": None, "lease_expires_at": None}
+        with self.transaction():
+            where = "job_id = ? AND fence = ?"
+            return self._update("notifications", where, [job_id, fence], released) == 1
 
     def renew_job_lease(self, job_id: str, fence: int, until: float) -> bool:
         """Extend a poll's lease; False when a newer claim took it over."""
@@ -408,12 +569,99 @@ class SqliteStore(Store):
                 " WHERE lease_owner = ? AND status = 'downloading'",
                 [owner],
             )
+            self._execute(
+                "UPDATE notifications SET lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE lease_owner = ?",
+                [owner],
+            )
 
     def next_due_at(self) -> float | None:
         """Return the earliest time any poll or download is due."""
         row = self._execute(
             "SELECT min(t) FROM (SELECT min(next_poll_at) AS t FROM jobs"
             " WHERE next_poll_at IS NOT NULL UNION ALL SELECT min(next_attempt_at) FROM outputs"
-            " WHERE next_attempt_at IS NOT NULL)"
+            " WHERE next_attempt_at IS NOT NULL UNION ALL SELECT min(next_attempt_at)"
+            " FROM notifications WHERE next_attempt_at IS NOT NULL)"
         ).fetchone()
         return row[0]
+
+    # Observability (read-only) --------------------------------------------------
+
+    def metrics(self, now: float, lag_buckets: tuple[float, ...]) -> Row:
+        """Return the counters and gauges ``/metrics`` exposes (see `Store.metrics`)."""
+        callbacks = dict(
+            self._execute("SELECT verdict, count(*) FROM events GROUP BY verdict").fetchall()
+        )
+        finished = self._all(
+            "SELECT model, status, coalesce(completion_source, 'submit') AS source,"
+            " count(*) AS count FROM jobs WHERE finished_at IS NOT NULL"
+            " GROUP BY model, status, source ORDER BY model, status, source"
+        )
+        bucket_sums = ", ".join("sum(lag_seconds <= ?)" for _ in lag_buckets)
+        lag = self._execute(
+            f"SELECT count(lag_seconds), total(lag_seconds) {', ' if lag_buckets else ''}"
+            f"{bucket_sums} FROM events WHERE lag_seconds IS NOT NULL",
+            list(lag_buckets),
+        ).fetchone()
+        downloads = self._execute(
+            "SELECT total(status = 'downloaded'), total(status = 'failed'), total(attempts),"
+            " total(CASE WHEN status = 'downloaded' THEN bytes END) FROM outputs"
+        ).fetchone()
+        sent = self._execute(
+            "SELECT total(status_code BETWEEN 200 AND 299),"
+            " total(finished_at IS NOT NULL AND coalesce(status_code NOT BETWEEN 200 AND 299, 1))"
+            " FROM notification_attempts"
+        ).fetchone()
+        unclaimed = "(lease_expires_at IS NULL OR lease_expires_at <= ?)"
+        due = self._execute(
+            f"SELECT (SELECT count(*) FROM jobs WHERE next_poll_at <= ? AND {unclaimed}),"
+            f" (SELECT count(*) FROM outputs WHERE next_attempt_at <= ? AND {unclaimed}),"
+            f" (SELECT count(*) FROM notifications WHERE next_attempt_at <= ? AND {unclaimed})",
+            [now] * 6,
+        ).fetchone()
+        return {
+            "callbacks": callbacks,
+            "jobs_finished": finished,
+            "lag": {
+                "count": int(lag[0]),
+                "sum": float(lag[1]),
+                "buckets": [int(n or 0) for n in lag[2:]],
+            },
+            "downloads": {
+                "downloaded": int(downloads[0]),
+                "failed": int(downloads[1]),
+                "error": int(downloads[2]),
+            },
+            "download_bytes": int(downloads[3]),
+            "notifications": {"delivered": int(sent[0]), "failed": int(sent[1])},
+            "due": {"polls": due[0], "downloads": due[1], "notifications": due[2]},
+        }
+
+    def callback_lag_by_model(self) -> list[Row]:
+        """Return per model: ``model``, ``callbacks``, ``avg_lag``, ``max_lag`` (seconds)."""
+        return self._all(
+            "SELECT jobs.model AS model, count(*) AS callbacks,"
+            " avg(events.lag_seconds) AS avg_lag, max(events.lag_seconds) AS max_lag"
+            " FROM events JOIN jobs ON jobs.id = events.job_id"
+            " WHERE events.lag_seconds IS NOT NULL GROUP BY jobs.model ORDER BY jobs.model"
+        )
+
+    def oldest_work(self, now: float) -> Row:
+        """Return the oldest unfinished job, output and notification, and the last callback."""
+        return {
+            "job": self._one(
+                "SELECT id, status, model, created_at, updated_at, next_poll_at, polls"
+                " FROM jobs WHERE finished_at IS NULL ORDER BY seq LIMIT 1"
+            ),
+            "output": self._one(
+                "SELECT job_id, idx, status, attempts, error, created_at, next_attempt_at"
+                " FROM outputs WHERE status NOT IN ('downloaded', 'failed')"
+                " ORDER BY created_at, job_id, idx LIMIT 1"
+            ),
+            "notification": self._one(
+                "SELECT job_id, status, attempts, last_status, last_error, created_at,"
+                " next_attempt_at FROM notifications WHERE status = 'pending'"
+                " ORDER BY created_at, job_id LIMIT 1"
+            ),
+            "last_callback_at": self._execute("SELECT max(received_at) FROM events").fetchone()[0],
+        }
