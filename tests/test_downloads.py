@@ -109,6 +109,19 @@ def test_a_200_to_a_resume_starts_the_file_over(hostile_upstream, tmp_path):
     assert [r.range for r in hostile_upstream.requests] == [None, "bytes=3000-"]
 
 
+def test_a_200_to_a_resume_that_is_cut_again_still_counts_as_progress(hostile_upstream, tmp_path):
+    hostile_upstream.on(
+        "GET",
+        CONTENT,
+        Answer(200, VIDEO, cut_after=5000),
+        Answer(200, VIDEO, cut_after=4000),
+        ranged(VIDEO),
+    )
+    assert download(hostile_upstream, tmp_path) is None
+    assert_whole_video(tmp_path)
+    assert [r.range for r in hostile_upstream.requests] == [None, "bytes=5000-", "bytes=4000-"]
+
+
 def test_a_length_less_200_is_asked_again_with_a_range_to_learn_the_total(
     hostile_upstream, tmp_path
 ):

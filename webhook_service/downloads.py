@@ -101,7 +101,7 @@ def _fetch(
     ask_range = False
     for attempt in range(RESUMES_PER_ATTEMPT + 1):
         last = attempt == RESUMES_PER_ATTEMPT
-        start = target.size
+        start = copied_from = target.size
         ranged = ask_range or start > 0
         try:
             with client.stream_content(upstream_id, index, start=start, ranged=ranged) as answer:
@@ -112,10 +112,11 @@ def _fetch(
                     continue
                 if answer.status_code == 200 and start:
                     target.restart()  # a 200 to a range request: the whole file again
+                    copied_from = 0
                 _copy(answer, target, verdict.end, keep_going)
         except (TransportError, httpx.TransportError) as error:
             # Cut short: resume from what we hold, but only if this try made progress.
-            if last or target.size <= start:
+            if last or target.size <= copied_from:
                 raise _as_model_error(error) from error
             continue
         except httpx.HTTPError as error:
