@@ -153,33 +153,37 @@ class BufferingWorker(ThreadWorker):
             super().enqueue_req(conn)
             return
         leftover = conn.parser.unreader.take_buffered() if conn.parser is not None else b""
-        buffer = RequestBuffer(leftover)
         conn.sock.setblocking(False)
-        self.gathering[conn] = (buffer, time.monotonic() + self.read_timeout)
-        if buffer.ready():
-            self._dispatch(conn, registered=False)
-            return
-        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+        self.gathering[conn] = (RequestBuffer(leftover), time.monotonic() + self.read_timeout)
+        # A kept-alive connection comes back from the poller readable: try at once.
+        self._gather(conn, registered=False)
 
     def _on_readable(self, conn: TConn, _sock: object) -> None:
+        self._gather(conn, registered=True)
+
+    def _gather(self, conn: TConn, registered: bool) -> None:
         buffer, _ = self.gathering[conn]
-        try:
-            while len(buffer.data) < buffer.limit:
-                data = conn.sock.recv(RECV_SIZE)
-                if not data:
-                    self._drop(conn, answer=False)
-                    return
-                buffer.feed(data)
-        except BlockingIOError:
-            pass
-        except OSError:
-            self._drop(conn, answer=False)
-            return
+        if not buffer.ready():
+            try:
+                while len(buffer.data) < buffer.limit:
+                    data = conn.sock.recv(RECV_SIZE)
+                    if not data:
+                        self._drop(conn, answer=False)
+                        return
+                    buffer.feed(data)
+            except BlockingIOError:
+                pass
+            except OSError:
+                self._drop(conn, answer=False)
+                return
         if buffer.ready():
-            self._dispatch(conn, registered=True)
-        elif buffer.wants_continue:
+            self._dispatch(conn, registered)
+            return
+        if buffer.wants_continue:
             buffer.wants_continue = False
             self._send(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
+        if not registered:
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
 
     def _dispatch(self, conn: TConn, registered: bool) -> None:
         buffer, _ = self.gathering.pop(conn)
