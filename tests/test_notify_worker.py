@@ -8,6 +8,7 @@ ALLOW_PRIVATE_NOTIFY_URLS); the worker is driven with `run_once` and set times.
 from __future__ import annotations
 
 import base64
+import json
 import threading
 import time
 
@@ -257,3 +258,70 @@ def test_a_submit_that_never_resolved_is_notified_when_the_watchdog_ends_it(napp
     [request] = receiver.requests
     event = verified(request)
     assert event["type"] == "job.submit_failed" and event["data"]["settled"] is True
+
+
+# --- the operator CLI ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_env(napp, monkeypatch):
+    settings = napp.extensions["webhook_service"].settings
+    env = {
+        "DATABASE_PATH": str(settings.database_path),
+        "MEDIA_DIR": str(settings.media_dir),
+        "NOTIFY_SIGNING_SECRET": SECRET,
+        "ALLOW_PRIVATE_NOTIFY_URLS": "1",
+        "ALLOW_INSECURE_CALLBACKS": "1",
+    }
+    if settings.database_url:
+        env["DATABASE_URL"] = settings.database_url
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+def run(*args):
+    from click.testing import CliRunner
+
+    from webhook_service.cli import cli
+
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_notifications_list_and_resend(napp, store, receivers, cli_env):
+    receiver = receivers(OK)
+    job_waiting_for(store, receiver)
+    settle_by_callback(napp)
+    worker = make_worker(napp)
+    now = time.time()
+    worker.run_once(now)
+    listed = run("notifications", "list", "--json")
+    assert listed.exit_code == 0
+    [row] = [json.loads(line) for line in listed.output.splitlines()]
+    assert row["job_id"] == "vj_1" and row["status"] == "delivered"
+    assert [a["status_code"] for a in row["attempt_log"]] == [200]
+    assert "body" not in row
+
+    resent = run("notifications", "resend", "vj_1")
+    assert resent.exit_code == 0 and "due now" in resent.output
+    worker.run_once(time.time())
+    assert len(receiver.requests) == 2
+    assert {r["headers"]["webhook-id"] for r in receiver.requests} == {"msg_vj_1"}
+    assert store.list_notifications(job_id="vj_1")[0]["sent"] == 2
+
+    unknown = run("notifications", "resend", "vj_nope")
+    assert unknown.exit_code == 1 and "has no notification" in unknown.output
+
+
+def test_send_test_event_can_send_a_sample_notification_the_library_verifies(receivers, cli_env):
+    receiver = receivers(OK)
+    result = run("send-test-event", "--notification", receiver.url + "/hooks")
+    assert result.exit_code == 0 and result.output.startswith("200")
+    event = verified(receiver.requests[0])
+    assert event["type"] == "job.completed" and event["data"]["settled"] is True
+
+
+def test_send_test_event_reports_a_refusing_endpoint(receivers, cli_env):
+    receiver = receivers((500, {}, b"nope"))
+    result = run("send-test-event", "--notification", receiver.url + "/hooks")
+    assert result.exit_code == 1 and result.output.startswith("500")

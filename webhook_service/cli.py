@@ -18,6 +18,7 @@ import httpx
 
 from . import events
 from .config import ConfigError, load_dotenv_file, load_settings
+from .notifications.commands import notifications_group, send_sample
 from .sandbox.cli import sandbox_command
 from .signatures import sign
 from .store import Store, open_store
@@ -150,6 +151,9 @@ def replay_events(event_ids: tuple[int, ...], verdict: str | None) -> None:
             click.echo(f"event {event_id}: {outcome}")
 
 
+cli.add_command(notifications_group(_store))
+
+
 @cli.command("send-test-event")
 @click.argument("url")
 @click.option(
@@ -177,10 +181,37 @@ def replay_events(event_ids: tuple[int, ...], verdict: str | None) -> None:
     show_default=True,
     help="Which spelling of the headers to send.",
 )
+@click.option(
+    "--notification",
+    is_flag=True,
+    help="Send a sample job notification instead, signed as this service signs them"
+    " (Standard Webhooks), to test your own app's endpoint.",
+)
+@click.option(
+    "--notify-secret",
+    help="With --notification: the whsec_ secret (default: NOTIFY_SIGNING_SECRET).",
+)
 def send_test_event(
-    url: str, job_id: str, status: str, outputs: int, secret: str | None, brand: str
+    url: str,
+    job_id: str,
+    status: str,
+    outputs: int,
+    secret: str | None,
+    brand: str,
+    notification: bool,
+    notify_secret: str | None,
 ) -> None:
-    """Sign a sample event exactly as ModelGates does and POST it to URL."""
+    """Sign a sample event exactly as ModelGates does and POST it to URL.
+
+    With --notification, sign a sample notification exactly as this service sends
+    them to clients' apps, and POST it to URL.
+    """
+    if notification:
+        status_code, error = send_sample(load_settings(), url, notify_secret)
+        click.echo(f"{status_code or '-'} {error}".rstrip())
+        if status_code is None or not 200 <= status_code < 300:
+            sys.exit(1)
+        return
     if not secret:
         raise click.UsageError("give --secret or set MODELGATES_WEBHOOK_SECRETS")
     secret = secret.split(",")[0].strip()
