@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -392,3 +393,37 @@ def test_while_the_database_is_away_healthz_and_the_api_answer_503_then_recover(
         assert time.monotonic() < deadline, "the app never saw the database come back"
         time.sleep(0.1)
     assert client.get("/api/jobs", headers=AUTH).status_code == 200
+
+
+def backends(spy: psycopg.Connection[Any]) -> int:
+    """How many other connections the spy's database has now."""
+    [(count,)] = spy.execute(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    ).fetchall()
+    return int(count)
+
+
+def test_a_forked_process_opens_its_own_connections(store, database_url):
+    """A gunicorn worker forked after the master used the store must not share its sockets."""
+    store.insert_job(a_job("vj_parent"))
+    child = os.fork()
+    if child == 0:  # the child: work through the store object it inherited, then leave
+        code = 1
+        try:
+            spy = psycopg.connect(database_url, autocommit=True) if database_url else None
+            before = backends(spy) if spy else 0
+            store.insert_job(a_job("vj_child"))
+            code = 0 if store.job("vj_parent") is not None else 2
+            if spy:  # the child connected for itself instead of using the parent's socket
+                code = code or (0 if backends(spy) > before else 3)
+                spy.close()
+                PostgresStore.close_pools()  # as at the child's exit
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store.job("vj_child") is not None
+    with store.transaction():
+        store.update_job("vj_parent", {"status": "pending"})
+    assert store.count_jobs_by_status() == {"pending": 1, "submitting": 1}
