@@ -16,14 +16,16 @@ GETs retry on transport errors, 429 and 5xx (`retry_delay`, with backoff, jitter
 `Retry-After`); `POST /videos` is never retried: upstream has no idempotency key, so
 a retry of a request that may have arrived can charge twice.
 
-JSON answers are read up to ``MAX_JSON_BYTES`` and parsed strictly (RFC 8259): ``NaN``,
-``Infinity`` and numbers too large for a float make the answer a ``ServerError`` (502),
-as does nesting too deep to parse, so no such value ever reaches the service's own JSON.
+JSON answers are read up to ``MAX_JSON_BYTES`` and parsed as signed callbacks are
+(``strict_json.loads(strict=False)``): a body that is not JSON, not an object, nested
+too deeply or too large is a ``ServerError`` (502).  Numbers come through as Python
+reads them (``NaN``, ``1e999``, ``10**400``) and are clamped where read
+(``jobs.Observation``): refusing the whole answer for one odd number would lose the
+job id of an accepted submit, or keep a finished job from ever completing by poll.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -34,6 +36,8 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
 from httpcore._sync import http11
+
+from . import strict_json
 
 # httpcore reads sockets 64 KiB at a time.  Outputs are gigabytes: 1 MiB reads made a
 # 1 GiB download about twice as fast here (benchmarks/download.py).  httpcore has no
@@ -138,25 +142,6 @@ def parse_retry_after(value: str | None) -> float | None:
     return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
-def strict_json(raw: bytes) -> Any:
-    """Parse RFC 8259 JSON; raise ValueError for NaN, Infinity, overflow or deep nesting."""
-    try:
-        return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number out of range: {text[:40]}")
-    return value
-
-
 def error_from_response(response: httpx.Response, body: bytes | None = None) -> APIError:
     """Turn an error answer (envelope or not) into the matching exception.
 
@@ -164,7 +149,7 @@ def error_from_response(response: httpx.Response, body: bytes | None = None) -> 
     """
     message, metadata = response.reason_phrase or "error", None
     try:
-        envelope = strict_json(response.content if body is None else body)
+        envelope = strict_json.loads(response.content if body is None else body, strict=False)
     except ValueError:
         envelope = None
     if isinstance(envelope, dict) and isinstance(envelope.get("error"), dict):
@@ -318,9 +303,9 @@ class ModelGatesClient:
         if len(raw) > MAX_JSON_BYTES:
             raise ServerError(502, f"answer is larger than {MAX_JSON_BYTES} bytes")
         try:
-            payload = strict_json(raw)
-        except ValueError as exc:
-            raise ServerError(502, f"answer is not strict JSON: {exc}") from None
+            payload = strict_json.loads(raw, strict=False)
+        except strict_json.JSONRefused as refused:
+            raise ServerError(502, f"answer refused: {refused.message}") from None
         if not isinstance(payload, dict):
             raise ServerError(502, "answer is not a JSON object")
         return payload
