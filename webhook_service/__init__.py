@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import context, errors, submission
+from . import context, errors, logs, submission
 from .config import ConfigError, Settings, load_settings
 from .store import open_store
 
@@ -30,7 +29,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         settings = load_settings({k: str(v) for k, v in test_config.items() if k.isupper()})
         app.config.update(test_config)
     app.config["MAX_CONTENT_LENGTH"] = API_BODY_LIMIT
-    _configure_logging(app)
+    logs.init_app(app, settings.log_level, settings.log_format)
 
     _prepare_folders(settings)
     migrations = open_store(settings)
@@ -48,11 +47,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops
         )
 
-    from .views import api, health, webhooks
+    from . import openapi
+    from .views import api, health, metrics, webhooks
 
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(webhooks.bp)
+    app.register_blueprint(metrics.bp)
+    app.register_blueprint(openapi.bp)
     return app
 
 
@@ -68,12 +70,3 @@ def _prepare_folders(settings: Settings) -> None:
             raise ConfigError(f"{name}: cannot create {folder}: {error.strerror}") from None
         if not os.access(folder, os.W_OK):
             raise ConfigError(f"{name}: {folder} is not writable")
-
-
-def _configure_logging(app: Flask) -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-    app.logger.setLevel(logging.INFO)

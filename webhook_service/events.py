@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import jobs, strict_json
+from .observability import callback_lag
 from .signatures import IDEMPOTENCY_HEADERS, Headers, header_value
 from .store import Store, StoreUnavailable
 
@@ -128,6 +129,7 @@ def receive(
         "headers": json.dumps(kept, sort_keys=True),
         "signed_at": signed_at,
         "received_at": now,
+        "lag_seconds": callback_lag(body, now),
         "remote_addr": (source or {}).get("remote_addr"),
         "url": (source or {}).get("url"),
     }
