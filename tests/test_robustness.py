@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote_from_bytes
 
 import pytest
-from conftest import AUTH, WEBHOOK_SECRET, LiveServer
+from conftest import AUTH, ENGINES, WEBHOOK_SECRET, LiveServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_webhooks import event_body, make_job, signed
@@ -236,6 +236,12 @@ signature_headers = st.one_of(
     st.builds(lambda n: f"t={'9' * n},v1={'0' * 64}", st.integers(min_value=10, max_value=20_000)),
     st.builds(lambda n: f"t={int(time.time())}," + ",".join(["v1=é"] * n), st.integers(1, 500)),
 )
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """Every guarantee here holds on each database engine (PostgreSQL refuses NUL in text)."""
+    return str(request.param)
 
 
 @pytest.fixture

@@ -220,7 +220,7 @@ def test_completed_after_failed_changes_nothing(hooks, db):
             "data.id",
         ),
         (event_body(upstream_id="../../etc/passwd"), "data.id"),
-        (event_body(upstream_id="job-1\u0000x"), "data.id"),
+        (event_body(upstream_id="job-1\u0000x"), "NUL"),
         (b"this is not json", "not JSON"),
         (b"", "not JSON"),
         (b"[1,2,3]", "not a JSON object"),

@@ -65,8 +65,8 @@ class Observation:
 
 
 def _text(value: Any) -> str:
-    """``value`` as text the database can store (a lone surrogate becomes ``?``)."""
-    text = str(value)
+    """``value`` as text any database engine stores: no lone surrogate, no NUL."""
+    text = str(value).replace("\x00", "\ufffd")
     return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
 
 

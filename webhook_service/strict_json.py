@@ -3,8 +3,8 @@
 `loads` parses a body that came from outside and refuses, with `JSONRefused`,
 what would later break the service: text that is not JSON or not UTF-8, nesting
 deeper than any real body (before Python's recursion limit turns it into a 500),
-lone surrogates (SQLite cannot store them), and, in ``strict`` mode, NUL
-characters and numbers no JSON peer can represent (``NaN``, ``Infinity``,
+lone surrogates and NUL characters (no database engine stores both), and, in
+``strict`` mode, numbers no JSON peer can represent (``NaN``, ``Infinity``,
 ``1e999``, integers past 64 bits).  `StrictJSONProvider` makes every answer
 refuse non-finite numbers instead of writing ``NaN`` or ``Infinity``.
 """
@@ -64,14 +64,14 @@ def _check(value: Any, strict: bool, max_depth: int) -> None:
             if len(path) >= max_depth:
                 raise JSONRefused("The body is nested too deeply.")
             for key, inner in item.items():
-                _check_text(key, strict, path)
+                _check_text(key, path)
                 stack.append((inner, (*path, key)))
         elif isinstance(item, list):
             if len(path) >= max_depth:
                 raise JSONRefused("The body is nested too deeply.")
             stack.extend((inner, (*path, str(index))) for index, inner in enumerate(item))
         elif isinstance(item, str):
-            _check_text(item, strict, path)
+            _check_text(item, path)
         elif strict and isinstance(item, float) and not math.isfinite(item):
             raise JSONRefused("Number out of range.", _dotted(path))
         elif (
@@ -83,13 +83,13 @@ def _check(value: Any, strict: bool, max_depth: int) -> None:
             raise JSONRefused("Number out of range.", _dotted(path))
 
 
-def _check_text(text: str, strict: bool, path: tuple[str, ...]) -> None:
+def _check_text(text: str, path: tuple[str, ...]) -> None:
     if not text.isascii():
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
             raise JSONRefused("Text is not valid Unicode.", _dotted(path)) from None
-    if strict and "\x00" in text:
+    if "\x00" in text:
         raise JSONRefused("Text must not contain NUL characters.", _dotted(path))
 
 

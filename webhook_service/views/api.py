@@ -9,6 +9,7 @@ import hmac
 import json
 import logging
 import math
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,6 +38,8 @@ MAX_PAGE = 100
 DEFAULT_PAGE = 20
 MAX_IDEMPOTENCY_KEY = 255
 MAX_SQL_INTEGER = 2**63 - 1
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
+"""Every id this service hands out has this shape; nothing else is looked up."""
 PRIVATE = ("private", "no-store")
 """Cache-Control directives any one of which keeps an answer out of shared caches."""
 
@@ -208,13 +211,19 @@ def _decode_cursor(cursor: str | None) -> int | None:
     raise ValidationError(details={"cursor": ["Not a cursor this API returned."]})
 
 
+def _find_job(store: Store, job_id: str) -> dict[str, Any]:
+    """The job, or 404; an id this service could never have made never reaches the store."""
+    job = store.job(job_id) if JOB_ID.fullmatch(job_id) else None
+    if job is None:
+        raise NotFound(f"No job {job_id[:200]}.")
+    return job
+
+
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
     """One job with its outputs."""
     store = context.store()
-    job = store.job(job_id)
-    if job is None:
-        raise NotFound(f"No job {job_id}.")
+    job = _find_job(store, job_id)
     return jsonify(_job_json(job, store.outputs([job_id])[job_id]))
 
 
@@ -222,9 +231,7 @@ def get_job(job_id: str) -> Response:
 def get_video(job_id: str, raw_index: str) -> Response:
     """Serve a downloaded video; Range requests get 206."""
     store = context.store()
-    job = store.job(job_id)
-    if job is None:
-        raise NotFound(f"No job {job_id}.")
+    job = _find_job(store, job_id)
     if not (raw_index.isascii() and raw_index.isdigit()):
         raise NotFound(f"Job {job_id} has no video {raw_index}.")
     # An index past any SQL integer is one no job has: the same answers as one past the end.
