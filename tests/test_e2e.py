@@ -284,7 +284,7 @@ def test_upstream_429_and_500_bursts(deployment):
 
 
 def test_worker_killed_mid_download_is_finished_by_a_restarted_worker(deployment):
-    deployment.env["WORKER_LEASE_SECONDS"] = "3"
+    deployment.env["WORKER_LEASE_SECONDS"] = "5"  # the contract's minimum
     deployment.up(content_size=64 * 1024 * 1024, throttle_bytes_per_second=16 * 1024 * 1024)
     with deployment.api() as api:
         ids = submit_jobs(api, 1)
