@@ -448,3 +448,37 @@ def test_a_database_outage_is_503_with_retry_after_not_a_500(app):
     assert strict_body(response)["error"]["code"] == "database_unavailable"
     assert response.headers["Retry-After"] == "5"
     assert b"locked" not in response.get_data()
+
+
+@pytest.fixture
+def served_hooks(hook_app) -> Any:
+    server = LiveServer(hook_app)
+    yield server
+    server.stop()
+
+
+header_bytes = st.binary(max_size=200).map(
+    lambda raw: bytes(byte for byte in raw if byte not in b"\r\n\x00")
+)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(header=header_bytes, body=st.binary(max_size=100))
+def test_raw_signature_header_bytes_over_a_socket_are_401_in_strict_json(
+    served_hooks, db, header, body
+):
+    request = (
+        b"POST /webhooks/modelgates HTTP/1.1\r\nHost: x\r\nX-OpenRouter-Signature: "
+        + header
+        + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        + body
+    )
+    status, answer = raw_exchange(served_hooks.url, request)
+    assert status == 401, answer[:300]
+    parsed = json.loads(answer.decode("utf-8"), parse_constant=_refuse_constant)
+    assert parsed["error"]["code"] == "invalid_signature"
+    assert db.count_events() == 0
