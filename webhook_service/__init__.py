@@ -11,7 +11,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import context, errors, logs, submission
 from .config import ConfigError, Settings, load_settings
-from .store import open_store
+from .media import MediaError, open_media
+from .store import StoreUnavailable, open_store
 
 API_BODY_LIMIT = 50 * 1024 * 1024
 
@@ -23,23 +24,34 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     instead of the process environment, plus any Flask config keys.
     """
     app = Flask(__name__, instance_relative_config=True)
+    environ: Mapping[str, str]
     if test_config is None:
         settings = load_settings()  # also reads ./.env
+        environ = os.environ
     else:
-        settings = load_settings({k: str(v) for k, v in test_config.items() if k.isupper()})
+        environ = {k: str(v) for k, v in test_config.items() if k.isupper()}
+        settings = load_settings(environ)
         app.config.update(test_config)
     app.config["MAX_CONTENT_LENGTH"] = API_BODY_LIMIT
     logs.init_app(app, settings.log_level, settings.log_format)
 
     _prepare_folders(settings)
-    migrations = open_store(settings)
     try:
-        migrations.migrate()
-        submission.record_held(migrations, settings)
-    finally:
-        migrations.close()
+        migrations = open_store(settings)
+        try:
+            migrations.migrate()
+            submission.record_held(migrations, settings)
+        finally:
+            migrations.close()
+    except StoreUnavailable as error:
+        raise ConfigError(f"the database cannot be reached: {error}") from None
+    storage = open_media(settings, environ=environ)
+    try:
+        storage.check()
+    except MediaError as error:
+        raise ConfigError(str(error)) from None
 
-    context.init_app(app, settings)
+    context.init_app(app, settings, storage)
     errors.init_app(app)
     if settings.trusted_proxy_count:
         hops = settings.trusted_proxy_count
@@ -48,25 +60,24 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         )
 
     from . import openapi
-    from .views import api, health, metrics, webhooks
+    from .views import api, dashboard, health, metrics, webhooks
 
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openapi.bp)
+    dashboard.init_app(app, settings)
     return app
 
 
 def _prepare_folders(settings: Settings) -> None:
-    """Create the database's and the videos' folders, or fail at start saying why."""
-    for name, folder in (
-        ("DATABASE_PATH", settings.database_path.parent),
-        ("MEDIA_DIR", settings.media_dir),
-    ):
+    """Create the SQLite file's folder, or fail at start saying why."""
+    if settings.database_url is None:
+        folder = settings.database_path.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise ConfigError(f"{name}: cannot create {folder}: {error.strerror}") from None
+            raise ConfigError(f"DATABASE_PATH: cannot create {folder}: {error.strerror}") from None
         if not os.access(folder, os.W_OK):
-            raise ConfigError(f"{name}: {folder} is not writable")
+            raise ConfigError(f"DATABASE_PATH: {folder} is not writable")
