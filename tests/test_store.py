@@ -16,33 +16,18 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import sqlite_utils
 from conftest import AUTH, LiveServer
 from pg import PostgresServer, free_port
 
 from webhook_service import create_app, events, submission
 from webhook_service.config import Settings
 from webhook_service.store import Store, StoreUnavailable
-from webhook_service.store.postgres import PostgresStore
+from webhook_service.store.postgres import MIGRATIONS, PostgresStore
 from webhook_service.store.sqlite import SqliteStore
+from webhook_service.store.sqlite import migrations as sqlite_migrations
 
 VALID = {"model": "google/veo-3.1", "prompt": "a lighthouse at dusk", "duration": 8}
-JOB_KEYS = {
-    "seq", "id", "upstream_id", "callback_token", "client", "idempotency_key", "request_hash",
-    "status", "submit_outcome", "model", "prompt", "params", "error", "generation_id", "cost",
-    "completion_source", "outputs_known", "created_at", "updated_at", "finished_at",
-    "next_poll_at", "polls", "poll_not_found", "lease_owner", "lease_expires_at", "fence",
-    "notify_url",
-}  # fmt: skip
-OUTPUT_KEYS = {
-    "job_id", "idx", "status", "bytes", "sha256", "error", "file_name", "attempts",
-    "next_attempt_at", "failing_since", "lease_owner", "lease_expires_at", "fence",
-    "created_at", "updated_at",
-}  # fmt: skip
-EVENT_KEYS = {
-    "id", "dedup_key", "idempotency_key", "event_type", "upstream_id", "callback_token",
-    "job_id", "verdict", "reason", "body", "headers", "remote_addr", "url", "signed_at",
-    "received_at", "applied_at",
-}  # fmt: skip
 
 
 @pytest.fixture
@@ -119,10 +104,11 @@ def run_together(count: int, work: Callable[[int], Any]) -> list[Any]:
 # Rows -------------------------------------------------------------------------------
 
 
-def test_rows_have_the_same_keys_and_types_on_every_engine(store):
-    store.insert_job(a_job(upstream_id="up-1", next_poll_at=5))
+def fill(store: Store) -> int | None:
+    """Write one row of every kind; return the event's id."""
+    store.insert_job(a_job(upstream_id="up-1", next_poll_at=5, created_at=1.5, updated_at=2))
     store.create_outputs("vj_1", 2, 7.0)
-    event_id = store.insert_event(
+    return store.insert_event(
         {
             "dedup_key": "d",
             "body": b"\x00\xff",
@@ -132,17 +118,34 @@ def test_rows_have_the_same_keys_and_types_on_every_engine(store):
             "signed_at": 1_900_000_000,
         }  # fmt: skip
     )
-    job = store.job("vj_1")
-    assert set(job) == JOB_KEYS and isinstance(job["seq"], int)
+
+
+def test_every_sqlite_migration_has_its_postgresql_twin():
+    pending = sqlite_migrations.pending(sqlite_utils.Database(memory=True))
+    assert [name for name, _ in MIGRATIONS] == [migration.name for migration in pending]
+
+
+def test_rows_have_the_same_keys_and_types_as_on_sqlite(store, tmp_path):
+    reference = SqliteStore(tmp_path / "reference.sqlite3")
+    reference.migrate()
+    event_id, reference_id = fill(store), fill(reference)
+    job, expected = store.job("vj_1"), reference.job("vj_1")
+    assert job == expected | {"seq": job["seq"]} and isinstance(job["seq"], int)
     assert job["params"] == '{"model": "google/veo-3.1"}' and job["next_poll_at"] == 5.0
-    assert [set(row) for row in store.outputs(["vj_1"])["vj_1"]] == [OUTPUT_KEYS] * 2
+    assert store.outputs(["vj_1"]) == reference.outputs(["vj_1"])
     event = store.event(event_id)
-    assert set(event) == EVENT_KEYS and event["body"] == b"\x00\xff"
-    assert event["signed_at"] == 1_900_000_000 and isinstance(event_id, int)
-    assert store.insert_event({**event, "id": None} | {"id": 999}) is None  # same dedup key
+    assert event == reference.event(reference_id) | {"id": event_id}
+    assert event["body"] == b"\x00\xff" and isinstance(event_id, int)
+    assert store.insert_event({**event, "id": 999}) is None  # same dedup key
     assert store.list_events(limit=-1) == [event]
     assert store.count_jobs_by_status() == {"pending": 1} and store.count_events() == 1
     assert store.next_due_at() == 5.0
+    applied = {"job_id": "vj_1", "lag_seconds": 2.5, "verdict": "applied"}
+    store.update_event(event_id, applied)
+    reference.update_event(reference_id, applied)
+    assert store.metrics(10.0, (1.0, 60.0)) == reference.metrics(10.0, (1.0, 60.0))
+    assert store.callback_lag_by_model() == reference.callback_lag_by_model()
+    assert store.oldest_work(10.0) == reference.oldest_work(10.0)
 
 
 def test_list_jobs_pages_by_seq_and_a_nested_transaction_rolls_back_alone(store):
@@ -329,9 +332,10 @@ def test_concurrent_submits_with_one_key_create_one_job(app, sandbox, store):
 
 
 def test_an_unreachable_database_is_unavailable_and_never_shows_its_password():
-    url = f"postgresql://someone:hunter2-secret@127.0.0.1:{free_port()}/nothing"
+    url = f"postgres://someone:hunter2-secret@127.0.0.1:{free_port()}/nothing"
     store = PostgresStore.connect(url, pool_size=1, timeout=0.5)
     try:
+        assert store.describe().startswith("PostgreSQL database nothing on 127.0.0.1:")
         assert "hunter2" not in repr(store) + store.describe()
         assert not store.ping()
         with pytest.raises(StoreUnavailable) as migrating:

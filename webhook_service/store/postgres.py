@@ -3,7 +3,9 @@
 Connections come from a psycopg pool, one per process, opened on first use (so a
 gunicorn fork never shares its parent's sockets).  ``pool_size`` is the most
 connections one process holds: budget ``(web processes + worker processes) ×
-pool_size`` under the server's limit (small hosted plans allow 20).
+pool_size`` under the server's limit (small hosted plans allow 20), leaving one
+for each process's ``migrate`` at start (a short-lived connection of its own).
+With gunicorn, "web processes" counts every gunicorn worker process.
 
 Reads outside `transaction()` borrow a connection for one statement (autocommit).
 `transaction()` holds one connection for the block.  SQLite serialises every
@@ -181,6 +183,8 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             """,
         ],
     ),
+    # Observability: seconds from upstream's event created_at to our receiving it.
+    ("m003_event_lag", ["ALTER TABLE events ADD COLUMN lag_seconds DOUBLE PRECISION"]),
 ]
 
 _COLUMN = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -824,6 +828,95 @@ class PostgresStore(Store):
             ") AS t"
         )
         return None if row is None or row["t"] is None else float(row["t"])
+
+    # Observability (read-only) --------------------------------------------------
+
+    def metrics(self, now: float, lag_buckets: tuple[float, ...]) -> Row:
+        """Return the counters and gauges ``/metrics`` exposes (see `Store.metrics`)."""
+        callbacks = self._all("SELECT verdict, count(*) AS n FROM events GROUP BY verdict")
+        finished = self._all(
+            "SELECT model, status, coalesce(completion_source, 'submit') AS source,"
+            " count(*) AS count FROM jobs WHERE finished_at IS NOT NULL"
+            " GROUP BY model, status, source ORDER BY model, status, source"
+        )
+        buckets = "".join(
+            f", count(*) FILTER (WHERE lag_seconds <= %s) AS b{n}" for n in range(len(lag_buckets))
+        )
+        lag = self._one(
+            f"SELECT count(lag_seconds) AS n, coalesce(sum(lag_seconds), 0) AS total{buckets}"
+            " FROM events WHERE lag_seconds IS NOT NULL",
+            list(lag_buckets),
+        )
+        downloads = self._one(
+            "SELECT count(*) FILTER (WHERE status = 'downloaded') AS downloaded,"
+            " count(*) FILTER (WHERE status = 'failed') AS failed,"
+            " coalesce(sum(attempts), 0) AS attempts,"
+            " coalesce(sum(bytes) FILTER (WHERE status = 'downloaded'), 0) AS bytes FROM outputs"
+        )
+        sent = self._one(
+            "SELECT count(*) FILTER (WHERE status_code BETWEEN 200 AND 299) AS delivered,"
+            " count(*) FILTER (WHERE finished_at IS NOT NULL"
+            "  AND coalesce(status_code NOT BETWEEN 200 AND 299, true)) AS failed"
+            " FROM notification_attempts"
+        )
+        unclaimed = "(lease_expires_at IS NULL OR lease_expires_at <= %(now)s)"
+        due = self._one(
+            "SELECT"
+            f" (SELECT count(*) FROM jobs WHERE next_poll_at <= %(now)s AND {unclaimed}) AS polls,"
+            f" (SELECT count(*) FROM outputs WHERE next_attempt_at <= %(now)s AND {unclaimed})"
+            "  AS downloads,"
+            " (SELECT count(*) FROM notifications"
+            f"  WHERE next_attempt_at <= %(now)s AND {unclaimed}) AS notifications",
+            {"now": now},
+        )
+        assert lag is not None and downloads is not None and sent is not None and due is not None
+        return {
+            "callbacks": {row["verdict"]: int(row["n"]) for row in callbacks},
+            "jobs_finished": [dict(row, count=int(row["count"])) for row in finished],
+            "lag": {
+                "count": int(lag["n"]),
+                "sum": float(lag["total"]),
+                "buckets": [int(lag[f"b{n}"] or 0) for n in range(len(lag_buckets))],
+            },
+            "downloads": {
+                "downloaded": int(downloads["downloaded"]),
+                "failed": int(downloads["failed"]),
+                "error": int(downloads["attempts"]),
+            },
+            "download_bytes": int(downloads["bytes"]),
+            "notifications": {"delivered": int(sent["delivered"]), "failed": int(sent["failed"])},
+            "due": {name: int(value) for name, value in due.items()},
+        }
+
+    def callback_lag_by_model(self) -> list[Row]:
+        """Return per model: ``model``, ``callbacks``, ``avg_lag``, ``max_lag`` (seconds)."""
+        return self._all(
+            "SELECT jobs.model AS model, count(*) AS callbacks,"
+            " avg(events.lag_seconds) AS avg_lag, max(events.lag_seconds) AS max_lag"
+            " FROM events JOIN jobs ON jobs.id = events.job_id"
+            " WHERE events.lag_seconds IS NOT NULL GROUP BY jobs.model ORDER BY jobs.model"
+        )
+
+    def oldest_work(self, now: float) -> Row:
+        """Return the oldest unfinished job, output and notification, and the last callback."""
+        last = self._one("SELECT max(received_at) AS t FROM events")
+        return {
+            "job": self._one(
+                "SELECT id, status, model, created_at, updated_at, next_poll_at, polls"
+                " FROM jobs WHERE finished_at IS NULL ORDER BY seq LIMIT 1"
+            ),
+            "output": self._one(
+                "SELECT job_id, idx, status, attempts, error, created_at, next_attempt_at"
+                " FROM outputs WHERE status NOT IN ('downloaded', 'failed')"
+                " ORDER BY created_at, job_id, idx LIMIT 1"
+            ),
+            "notification": self._one(
+                "SELECT job_id, status, attempts, last_status, last_error, created_at,"
+                " next_attempt_at FROM notifications WHERE status = 'pending'"
+                " ORDER BY created_at, job_id LIMIT 1"
+            ),
+            "last_callback_at": None if last is None else last["t"],
+        }
 
 
 class _Result:
