@@ -13,6 +13,7 @@ from flask import Flask, current_app
 
 from .config import Settings
 from .errors import NotConfigured
+from .media import MediaStorage
 from .modelgates import ModelGatesClient
 from .store import Store, open_store
 from .submission import ModelCatalog
@@ -23,8 +24,9 @@ EXTENSION = "webhook_service"
 class Services:
     """Process-wide resources of one app."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, media: MediaStorage) -> None:
         self.settings = settings
+        self.media = media
         self._lock = threading.Lock()
         self._client: ModelGatesClient | None = None
         self._stores = threading.local()
@@ -69,6 +71,11 @@ def store() -> Store:
     return services().store()
 
 
-def init_app(app: Flask, settings: Settings) -> None:
+def media() -> MediaStorage:
+    """Return where the current app's videos are stored."""
+    return services().media
+
+
+def init_app(app: Flask, settings: Settings, media: MediaStorage) -> None:
     """Attach Services to the app."""
-    app.extensions[EXTENSION] = Services(settings)
+    app.extensions[EXTENSION] = Services(settings, media)

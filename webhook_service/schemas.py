@@ -109,6 +109,11 @@ class JobRequestSchema(Schema):
         fields.Nested(InputReferenceSchema), validate=validate.Length(min=1, max=16)
     )
     provider = fields.Nested(ProviderSchema)
+    notify_url = fields.String(
+        validate=validate.Length(min=1, max=2048),
+        metadata={"description": "This service's own: where to POST the signed notification"
+                  " when the job is settled. Never sent upstream."},
+    )
 
     @validates_schema
     def _prompt_or_frames(self, data: dict[str, Any], **kwargs: Any) -> None:

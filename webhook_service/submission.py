@@ -87,9 +87,10 @@ def in_flight_deadline(settings: Settings, job: Mapping[str, Any]) -> float:
     return float(job["created_at"]) + settings.upstream_timeout_seconds + IN_FLIGHT_GRACE_SECONDS
 
 
-def request_hash(params: Mapping[str, Any]) -> str:
-    """Hash a submit body so key order does not matter."""
-    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"))
+def request_hash(params: Mapping[str, Any], notify_url: str | None = None) -> str:
+    """Hash a submit body (and where it is to be notified) so key order does not matter."""
+    body = params if notify_url is None else {**params, "notify_url": notify_url}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -107,9 +108,13 @@ def submit(
     params: dict[str, Any],
     clock: Callable[[], float] = time.time,
     record_for: float = RECORD_RETRY_SECONDS,
+    notify_url: str | None = None,
 ) -> tuple[dict[str, Any], bool]:
-    """Submit ``params`` upstream once; return (job row, whether this call created it)."""
-    digest = request_hash(params)
+    """Submit ``params`` upstream once; return (job row, whether this call created it).
+
+    ``notify_url`` (never sent upstream) is where the job's notification goes.
+    """
+    digest = request_hash(params, notify_url)
     now = clock()
     job_id, token = new_job_id(), secrets.token_urlsafe(24)
     with store.transaction():
@@ -128,6 +133,7 @@ def submit(
                 "model": params["model"],
                 "prompt": params.get("prompt"),
                 "params": params,
+                "notify_url": notify_url,
                 "created_at": now,
                 "updated_at": now,
                 # Watchdog: if this process dies mid-request the worker settles the job.
@@ -213,11 +219,15 @@ def _record_until_it_sticks(
 
 
 def replayed(
-    store: Store, client_id: str, idempotency_key: str, params: Mapping[str, Any]
+    store: Store,
+    client_id: str,
+    idempotency_key: str,
+    params: Mapping[str, Any],
+    notify_url: str | None = None,
 ) -> dict[str, Any] | None:
     """Return the job an earlier request with this key created, if any (409 on misuse)."""
     existing = store.job_by_idempotency_key(client_id, idempotency_key)
-    return None if existing is None else _replay(existing, request_hash(params))
+    return None if existing is None else _replay(existing, request_hash(params, notify_url))
 
 
 def _replay(existing: Mapping[str, Any], digest: str) -> dict[str, Any]:

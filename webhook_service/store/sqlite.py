@@ -166,12 +166,15 @@ class SqliteStore(Store):
 
     def __init__(self, path: Path | str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         self.path = Path(path)
-        conn = sqlite3.connect(
-            str(self.path),
-            timeout=busy_timeout_ms / 1000,
-            isolation_level=None,
-            check_same_thread=False,
-        )
+        try:
+            conn = sqlite3.connect(
+                str(self.path),
+                timeout=busy_timeout_ms / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.OperationalError as error:  # a folder in its place, no permission
+            raise StoreUnavailable(f"SQLite file {self.path}: {error}") from error
         conn.row_factory = sqlite3.Row
         self.db = sqlite_utils.Database(conn, execute_plugins=False)
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")

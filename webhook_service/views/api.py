@@ -6,17 +6,16 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import logging
-import math
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 import marshmallow
-from flask import Blueprint, Response, g, jsonify, request, send_file
+from flask import Blueprint, Response, g, jsonify, request
+from werkzeug.wrappers import Response as BaseResponse
 
-from .. import context, media, strict_json, submission
+from .. import context, strict_json, submission
+from ..addresses import NotifyURLError, check_notify_url
 from ..errors import (
     BadRequest,
     Conflict,
@@ -26,7 +25,9 @@ from ..errors import (
     UpstreamError,
     ValidationError,
 )
-from ..jobs import COMPLETED, STATUSES
+from ..job_json import job_json
+from ..jobs import COMPLETED, STATUSES, is_settled
+from ..media import send_video
 from ..modelgates import ModelGatesError
 from ..schemas import JobRequestSchema, capability_errors
 from ..store import Store
@@ -80,6 +81,8 @@ def keep_private(response: Response) -> Response:
 def submit_job() -> tuple[Response, int, dict[str, str]]:
     """Validate, then submit upstream once (or replay an Idempotency-Key's job)."""
     params = _validated_body()
+    settings = context.settings()
+    notify_url = _notify_url(params.pop("notify_url", None) or settings.notify_url)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
         raise ValidationError(
@@ -88,24 +91,61 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
         )
     store = context.store()
     if key is not None:
-        existing = submission.replayed(store, g.client_id, key, params)
+        existing = submission.replayed(store, g.client_id, key, params, notify_url)
         if existing is not None:
             return _job_answer(store, existing, 200)
-    settings = context.settings()
     if settings.public_base_url is None:
         raise NotConfigured("PUBLIC_BASE_URL is not configured.")
     services = context.services()
     client = services.client()
     _check_capabilities(services.catalog, params)
-    job, created = submission.submit(store, client, settings, g.client_id, key, params)
+    job, created = submission.submit(
+        store, client, settings, g.client_id, key, params, notify_url=notify_url
+    )
     return _job_answer(store, job, 202 if created else 200)
+
+
+def _notify_url(url: str | None) -> str | None:
+    """Vet a notification URL (422 when refused); 503 when notifications cannot be signed."""
+    if url is None:
+        return None
+    settings = context.settings()
+    try:
+        vetted = check_notify_url(
+            url,
+            allow_http=settings.allow_insecure_callbacks,
+            allow_private=settings.allow_private_notify_urls,
+        )
+    except NotifyURLError as error:
+        raise ValidationError(details={"notify_url": [str(error)]}) from None
+    if settings.notify_signing_secret is None:
+        raise NotConfigured("NOTIFY_SIGNING_SECRET is not set: notifications cannot be signed.")
+    return vetted
 
 
 def _job_answer(
     store: Store, job: dict[str, Any], status: int
 ) -> tuple[Response, int, dict[str, str]]:
-    body = _job_json(job, store.outputs([job["id"]])[job["id"]])
-    return jsonify(body), status, {"Location": f"/api/jobs/{job['id']}"}
+    return jsonify(_job_json(store, job)), status, {"Location": f"/api/jobs/{job['id']}"}
+
+
+def _jobs_json(store: Store, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The job JSON of many jobs, with two more queries in all."""
+    ids = [job["id"] for job in jobs]
+    outputs, notifications = store.outputs(ids), store.notifications(ids)
+    return [
+        job_json(
+            job,
+            outputs[job["id"]],
+            notifications.get(job["id"]),
+            is_settled(job, outputs[job["id"]]),
+        )
+        for job in jobs
+    ]
+
+
+def _job_json(store: Store, job: dict[str, Any]) -> dict[str, Any]:
+    return _jobs_json(store, [job])[0]
 
 
 def _validated_body() -> dict[str, Any]:
@@ -176,10 +216,9 @@ def list_jobs() -> Response:
     store = context.store()
     rows = store.list_jobs(status, limit + 1, before)
     page, more = rows[:limit], len(rows) > limit
-    outputs = store.outputs(row["id"] for row in page)
     return jsonify(
         {
-            "jobs": [_job_json(row, outputs[row["id"]]) for row in page],
+            "jobs": _jobs_json(store, page),
             "next_cursor": _encode_cursor(page[-1]["seq"]) if more else None,
         }
     )
@@ -223,12 +262,11 @@ def _find_job(store: Store, job_id: str) -> dict[str, Any]:
 def get_job(job_id: str) -> Response:
     """One job with its outputs."""
     store = context.store()
-    job = _find_job(store, job_id)
-    return jsonify(_job_json(job, store.outputs([job_id])[job_id]))
+    return jsonify(_job_json(store, _find_job(store, job_id)))
 
 
 @bp.get("/jobs/<job_id>/videos/<raw_index>")
-def get_video(job_id: str, raw_index: str) -> Response:
+def get_video(job_id: str, raw_index: str) -> BaseResponse:
     """Serve a downloaded video; Range requests get 206."""
     store = context.store()
     job = _find_job(store, job_id)
@@ -247,10 +285,9 @@ def get_video(job_id: str, raw_index: str) -> Response:
         raise Conflict(
             f"Video {index} is {output['status']}, not downloaded yet.", error_code="not_ready"
         )
-    path = media.output_path(context.settings().media_dir, job_id, output["idx"])
     try:
-        response = send_file(path, mimetype="video/mp4", conditional=True, etag=output["sha256"])
-    except OSError as error:
+        response = send_video(context.media(), job_id, output["idx"], etag=output["sha256"])
+    except OSError as error:  # MediaMissing, or deleted between the check and the send
         # Recorded as downloaded, yet the file is gone (a wiped disk, a deploy without
         # the volume): say so plainly rather than fail, and leave a trace for operators.
         log.error("video %s of job %s is recorded but missing: %s", index, job_id, error)
@@ -259,8 +296,6 @@ def get_video(job_id: str, raw_index: str) -> Response:
             {"job_id": job_id, "index": index},
             error_code="output_missing",
         ) from None
-    response.headers["Cache-Control"] = "private, no-store"
-    response.headers["Accept-Ranges"] = "bytes"
     return response
 
 
@@ -277,50 +312,3 @@ def list_models() -> Response:
         return jsonify({"data": strict_json.scrub(models)})
     except strict_json.JSONRefused as error:
         raise UpstreamError(f"ModelGates model list unusable: {error.message}") from None
-
-
-def _iso(value: float | None) -> str | None:
-    if value is None:
-        return None
-    return (
-        datetime.fromtimestamp(value, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
-
-
-def _finite(value: float | None) -> float | None:
-    """A stored number as strict JSON can carry it: non-finite values become null."""
-    return value if value is None or math.isfinite(value) else None
-
-
-def _no_constant(name: str) -> None:
-    """Read a stored ``NaN``/``Infinity`` (written before values were checked) as null."""
-    return None
-
-
-def _job_json(job: dict[str, Any], outputs: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "id": job["id"],
-        "upstream_id": job["upstream_id"],
-        "status": job["status"],
-        "model": job["model"],
-        "prompt": job["prompt"],
-        "params": json.loads(job["params"], parse_constant=_no_constant),
-        "error": job["error"],
-        "generation_id": job["generation_id"],
-        "cost": _finite(job["cost"]),
-        "completion_source": job["completion_source"],
-        "created_at": _iso(job["created_at"]),
-        "updated_at": _iso(job["updated_at"]),
-        "finished_at": _iso(job["finished_at"]),
-        "outputs": [
-            {
-                "index": output["idx"],
-                "status": output["status"],
-                "bytes": output["bytes"],
-                "sha256": output["sha256"],
-                "error": output["error"],
-                "url": f"/api/jobs/{job['id']}/videos/{output['idx']}",
-            }
-            for output in outputs
-        ],
-    }
