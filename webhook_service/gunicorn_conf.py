@@ -14,6 +14,8 @@ from typing import Any
 from webhook_service.config import ConfigError, load_settings
 
 worker_class = "webhook_service.server.BufferingWorker"
+# Access-log lines with each callback token redacted (the path carries it).
+logger_class = "webhook_service.logs.GunicornLogger"
 # Connections a worker holds open at once; gathered requests wait here, not in threads.
 worker_connections = 1000
 

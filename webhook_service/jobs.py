@@ -10,6 +10,7 @@ outputs when the completing event did not list them.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from typing import Any
 from .job_json import job_json
 from .notifications.events import build_event
 from .store import Store
+
+log = logging.getLogger(__name__)
 
 SUBMITTING = "submitting"
 PENDING = "pending"
@@ -155,6 +158,15 @@ def apply_observation(
     if change is None:
         return None
     store.update_job(job["id"], change.changes)
+    if "status" in change.changes:
+        log.info(
+            "job %s: %s -> %s (by %s)",
+            job["id"],
+            job["status"],
+            change.changes["status"],
+            seen.source,
+            extra={"job_id": job["id"], "status": change.changes["status"], "by": seen.source},
+        )
     if change.new_outputs:
         store.create_outputs(job["id"], change.new_outputs, now)
     queue_notification(store, job["id"], now)

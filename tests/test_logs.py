@@ -1,0 +1,134 @@
+"""Logs: text or JSON lines, httpx quiet, one line per state change and refused callback,
+and never a callback token, in our lines or in gunicorn's access log."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import logging
+from types import SimpleNamespace
+
+import pytest
+from conftest import AUTH
+from gunicorn.config import Config
+from hypothesis import given
+from hypothesis import strategies as st
+
+from webhook_service import logs
+
+TOKEN_CHARS = st.characters(categories=["Lu", "Ll", "Nd"], max_codepoint=127) | st.sampled_from(
+    "-_"
+)
+TOKENS = st.text(TOKEN_CHARS, min_size=16, max_size=64)
+
+
+@pytest.fixture
+def restore_logging():
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name in logs.NOISY:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def our_handler() -> logging.Handler:
+    return next(h for h in logging.getLogger().handlers if isinstance(h, logs._Handler))
+
+
+@given(token=TOKENS, query=st.sampled_from(["", "?a=1", "/", " HTTP/1.1"]))
+def test_a_callback_token_never_survives_redaction(token, query):
+    line = f'POST /webhooks/modelgates/{token}{query} "http://x/webhooks/modelgates/{token}"'
+    redacted = logs.redact(line)
+    assert token not in redacted
+    assert redacted.count("/webhooks/modelgates/…") == 2
+
+
+def test_json_format_writes_one_object_per_line_with_extra_fields(restore_logging):
+    logs.configure("INFO", "json")
+    stream = io.StringIO()
+    our_handler().setStream(stream)
+    log = logging.getLogger("webhook_service.test")
+    log.info("first\nsecond /webhooks/modelgates/abcdefghijklmnop", extra={"job_id": "vj_1"})
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("failed")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    first, second = (json.loads(line) for line in lines)
+    assert first["level"] == "INFO" and first["logger"] == "webhook_service.test"
+    assert first["message"] == "first\nsecond /webhooks/modelgates/…"
+    assert first["job_id"] == "vj_1"
+    assert "ValueError: boom" in second["exception"]
+
+
+def test_text_format_keeps_each_record_on_one_line(restore_logging):
+    logs.configure("WARNING", "text")
+    stream = io.StringIO()
+    our_handler().setStream(stream)
+    logging.getLogger("webhook_service.test").warning("a\nb")
+    logging.getLogger("webhook_service.test").info("not shown at WARNING")
+    assert stream.getvalue().count("\n") == 1 and "a\\nb" in stream.getvalue()
+
+
+def test_httpx_request_lines_are_off_unless_debugging(restore_logging):
+    logs.configure("INFO", "text")
+    assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
+    assert not logging.getLogger("httpcore").isEnabledFor(logging.INFO)
+    logs.configure("DEBUG", "text")
+    assert logging.getLogger("httpx").isEnabledFor(logging.DEBUG)
+
+
+def test_configuring_twice_keeps_one_handler(restore_logging):
+    logs.configure("INFO", "text")
+    logs.configure("INFO", "json")
+    assert sum(isinstance(h, logs._Handler) for h in logging.getLogger().handlers) == 1
+
+
+def test_gunicorn_access_log_redacts_the_callback_token():
+    token = "Zk3p9QxY2mW8vB7nR4tL6sJ1"
+    logger = logs.GunicornLogger(Config())
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "RAW_URI": f"/webhooks/modelgates/{token}",
+        "PATH_INFO": f"/webhooks/modelgates/{token}",
+        "QUERY_STRING": "",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+    }
+    response = SimpleNamespace(status="204 No Content", sent=0, headers=[])
+    request = SimpleNamespace(headers=[("Host", "x")])
+    atoms = logger.atoms(response, request, environ, datetime.timedelta(seconds=0.01))
+    assert token not in json.dumps(atoms, default=str)
+    assert atoms["r"] == "POST /webhooks/modelgates/… HTTP/1.1"
+    assert atoms["U"] == "/webhooks/modelgates/…"
+
+
+def test_a_refused_callback_logs_one_line_with_its_reason_and_no_token(hooks, caplog):
+    token = "Tq8ZkP2mW7xV4nB9rL3sJ6yH"
+    caplog.set_level(logging.INFO)
+    answer = hooks.post(f"/webhooks/modelgates/{token}", data=b"{}")
+    assert answer.status_code == 401
+    refused = [r for r in caplog.records if r.name == "webhook_service.callbacks"]
+    assert len(refused) == 1
+    line = logs.TextFormatter().format(refused[0])
+    assert "callback refused: 401 invalid_signature" in line
+    assert "missing signature header" in line
+    assert (
+        token not in line
+        and token not in json.loads(logs.JsonFormatter().format(refused[0]))["path"]
+    )
+
+
+def test_each_job_state_change_logs_one_line(client, caplog):
+    caplog.set_level(logging.INFO, logger="webhook_service.jobs")
+    body = {"model": "google/veo-3.1", "prompt": "waves", "duration": 4, "resolution": "720p"}
+    job = client.post("/api/jobs", json=body, headers=AUTH).get_json()
+    changes = [r for r in caplog.records if r.name == "webhook_service.jobs"]
+    assert [r.getMessage() for r in changes] == [
+        f"job {job['id']}: submitting -> pending (by submit)"
+    ]
+    assert changes[0].job_id == job["id"] and changes[0].status == "pending"
