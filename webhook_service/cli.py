@@ -254,6 +254,59 @@ def send_test_event(
 
 
 @cli.command()
+def status() -> None:
+    """Summarise jobs by status, work due, the oldest stuck work and the last callback."""
+    now = time.time()
+    with _store() as store:
+        counts = store.count_jobs_by_status()
+        due = store.metrics(now, ())["due"]
+        oldest = store.oldest_work(now)
+        click.echo(f"database: {store.describe()}")
+    by_status = ", ".join(f"{name} {count}" for name, count in sorted(counts.items()))
+    click.echo(f"jobs: {sum(counts.values())}" + (f" ({by_status})" if by_status else ""))
+    click.echo(
+        f"due now: {due['polls']} polls, {due['downloads']} downloads,"
+        f" {due['notifications']} notifications"
+    )
+    job, output, notification = oldest["job"], oldest["output"], oldest["notification"]
+    click.echo(
+        "oldest unfinished job: "
+        + (f"{job['id']} {job['status']}, {_since(job['created_at'], now)}" if job else "none")
+    )
+    click.echo(
+        "oldest download: "
+        + (
+            f"{output['job_id']}/{output['idx']} {output['status']},"
+            f" {output['attempts']} failed attempts, {_since(output['created_at'], now)}"
+            + (f": {output['error']}" if output["error"] else "")
+            if output
+            else "none"
+        )
+    )
+    click.echo(
+        "oldest pending notification: "
+        + (
+            f"{notification['job_id']}, {notification['attempts']} attempts,"
+            f" {_since(notification['created_at'], now)}"
+            if notification
+            else "none"
+        )
+    )
+    last = oldest["last_callback_at"]
+    click.echo("last callback received: " + (_since(last, now) if last is not None else "never"))
+
+
+def _since(moment: float, now: float) -> str:
+    """``<ISO time> (<how long> ago)`` for a terminal line."""
+    seconds = max(0, int(now - moment))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    ago = f"{hours} h {minutes} min" if hours else f"{minutes} min {seconds} s"
+    stamp = datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds")
+    return f"since {stamp} ({ago} ago)"
+
+
+@cli.command()
 @click.option("--keep", is_flag=True, help="Leave everything running and print the URLs.")
 @click.option(
     "--procfile",
