@@ -11,7 +11,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import context, errors, logs, submission
 from .config import ConfigError, Settings, load_settings
-from .media import MediaError, open_media
+from .media import MediaError, MediaStorage, open_media
 from .store import StoreUnavailable, open_store
 
 API_BODY_LIMIT = 50 * 1024 * 1024
@@ -35,22 +35,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = API_BODY_LIMIT
     logs.init_app(app, settings.log_level, settings.log_format)
 
-    _prepare_folders(settings)
-    try:
-        migrations = open_store(settings)
-        try:
-            migrations.migrate()
-            submission.record_held(migrations, settings)
-        finally:
-            migrations.close()
-    except StoreUnavailable as error:
-        raise ConfigError(f"the database cannot be reached: {error}") from None
-    storage = open_media(settings, environ=environ)
-    try:
-        storage.check()
-    except MediaError as error:
-        raise ConfigError(str(error)) from None
-
+    storage = prepare(settings, environ)
     context.init_app(app, settings, storage)
     errors.init_app(app)
     if settings.trusted_proxy_count:
@@ -69,6 +54,29 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(openapi.bp)
     dashboard.init_app(app, settings)
     return app
+
+
+def prepare(settings: Settings, environ: Mapping[str, str]) -> MediaStorage:
+    """Migrate the database, record held submits and check the media storage.
+
+    Raises ConfigError, one line, when either cannot be used.
+    """
+    _prepare_folders(settings)
+    try:
+        migrations = open_store(settings)
+        try:
+            migrations.migrate()
+            submission.record_held(migrations, settings)
+        finally:
+            migrations.close()
+    except StoreUnavailable as error:
+        raise ConfigError(f"the database cannot be reached: {error}") from None
+    storage = open_media(settings, environ=environ)
+    try:
+        storage.check()
+    except MediaError as error:
+        raise ConfigError(str(error)) from None
+    return storage
 
 
 def _prepare_folders(settings: Settings) -> None:

@@ -54,13 +54,11 @@ def migrate() -> None:
 @click.option("--concurrency", default=4, show_default=True, help="Downloads at once.")
 @click.option(
     "--lease-seconds",
-    default=60.0,
-    show_default=True,
-    envvar="WORKER_LEASE_SECONDS",
+    type=click.FloatRange(min=5),
     help="How long a claim holds before another worker may take it over "
-    "(env WORKER_LEASE_SECONDS).",
+    "(default: WORKER_LEASE_SECONDS, else 60).",
 )
-def worker(concurrency: int, lease_seconds: float) -> None:
+def worker(concurrency: int, lease_seconds: float | None) -> None:
     """Poll jobs whose callback is overdue and download outputs, until SIGTERM."""
     from . import create_app
     from .context import services
@@ -72,7 +70,10 @@ def worker(concurrency: int, lease_seconds: float) -> None:
         if found.settings.modelgates_api_key is None:
             raise ConfigError("MODELGATES_API_KEY is required to run the worker")
         runner = Worker(
-            found.settings, found.client(), concurrency=concurrency, lease_seconds=lease_seconds
+            found.settings,
+            found.client(),
+            concurrency=concurrency,
+            lease_seconds=lease_seconds or found.settings.worker_lease_seconds,
         )
 
     def hard_stop() -> None:

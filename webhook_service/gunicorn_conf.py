@@ -8,10 +8,13 @@ printing it and the arbiter reporting a boot failure.  Workers are
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
+from webhook_service import prepare
 from webhook_service.config import ConfigError, load_settings
+from webhook_service.store import close_shared
 
 worker_class = "webhook_service.server.BufferingWorker"
 # Access-log lines with each callback token redacted (the path carries it).
@@ -21,9 +24,11 @@ worker_connections = 1000
 
 
 def on_starting(server: Any) -> None:
-    """Refuse to start, in one line, when the configuration cannot work."""
+    """Refuse to start, in one line, when the configuration, database or storage cannot work."""
     try:
-        load_settings()
+        prepare(load_settings(), os.environ)
     except ConfigError as error:
         print(f"webhook_service: configuration error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
+    finally:
+        close_shared()  # the workers open their own connections after the fork

@@ -184,7 +184,10 @@ class Worker:
                 log.exception("worker round failed; retrying")
                 busy = 0
             if not busy:
-                self.stopping.wait(IDLE_SECONDS)
+                try:  # woken within milliseconds when a callback or download commits
+                    self.store.wait_for_change(IDLE_SECONDS, self.stopping.is_set)
+                except StoreUnavailable:
+                    self.stopping.wait(IDLE_SECONDS)
         stuck = wait_for(self._in_flight, timeout=SHUTDOWN_GRACE_SECONDS).not_done
         for future in stuck:
             output = self._in_flight[future]

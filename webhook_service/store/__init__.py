@@ -13,7 +13,7 @@ from .base import Row, Store, StoreUnavailable
 if TYPE_CHECKING:
     from ..config import Settings
 
-__all__ = ["Row", "Store", "StoreUnavailable", "open_store"]
+__all__ = ["Row", "Store", "StoreUnavailable", "close_shared", "open_store"]
 
 
 def open_store(settings: Settings) -> Store:
@@ -26,3 +26,12 @@ def open_store(settings: Settings) -> Store:
     from .sqlite import SqliteStore
 
     return SqliteStore(settings.database_path)
+
+
+def close_shared() -> None:
+    """Close this process's shared connections (PostgreSQL pools), e.g. before a fork."""
+    import sys
+
+    postgres = sys.modules.get(f"{__name__}.postgres")
+    if postgres is not None:
+        postgres.PostgresStore.close_pools()

@@ -216,6 +216,14 @@ class Store(ABC):
         """Give up every claim ``owner`` holds, so other workers can take the work at once."""
 
     @abstractmethod
+    def wait_for_change(self, timeout: float, stop: Callable[[], bool]) -> bool:
+        """Wait until someone may have committed new work, ``timeout`` passes or ``stop()``.
+
+        Return True when woken by a change.  A latency optimisation only: callers
+        still look for due work on a timer, so a missed wake-up costs a round's delay.
+        """
+
+    @abstractmethod
     def next_due_at(self) -> float | None:
         """Return the earliest time any poll or download is due."""
 

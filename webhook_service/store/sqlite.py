@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,7 @@ from .base import Row, Store, StoreUnavailable, T
 from .writers import GroupCommit, WriteLock
 
 BUSY_TIMEOUT_MS = 10_000
+CHANGE_CHECK_SECONDS = 0.005
 
 migrations = Migrations("webhook_service")
 
@@ -577,6 +579,23 @@ class SqliteStore(Store):
                 " WHERE lease_owner = ?",
                 [owner],
             )
+
+    def wait_for_change(self, timeout: float, stop: Callable[[], bool]) -> bool:
+        """Watch ``PRAGMA data_version``: it moves when another connection commits.
+
+        Reading it touches only the shared-memory WAL index, so checking every few
+        milliseconds costs an idle worker next to nothing.
+        """
+        deadline = time.monotonic() + timeout
+        seen = self._data_version()
+        while time.monotonic() < deadline and not stop():
+            time.sleep(CHANGE_CHECK_SECONDS)
+            if self._data_version() != seen:
+                return True
+        return False
+
+    def _data_version(self) -> int:
+        return int(self._execute("PRAGMA data_version").fetchone()[0])
 
     def next_due_at(self) -> float | None:
         """Return the earliest time any poll or download is due."""
