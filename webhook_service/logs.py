@@ -86,6 +86,7 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
         root.addHandler(handler)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root.setLevel(level)
+    logging.getLogger("webhook_service").setLevel(level)  # also Flask's app.logger
     for name in NOISY:
         logging.getLogger(name).setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
 
@@ -93,7 +94,6 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
 def init_app(app: Flask, level: str = "INFO", fmt: str = "text") -> None:
     """Configure logging and log each callback the receiver refuses, with its reason."""
     configure(level, fmt)
-    app.logger.setLevel(level)
     app.after_request(_log_refused_callback)
 
 
