@@ -431,3 +431,30 @@ def test_a_forked_process_opens_its_own_connections(store, database_url):
     with store.transaction():
         store.update_job("vj_parent", {"status": "pending"})
     assert store.count_jobs_by_status() == {"pending": 1, "submitting": 1}
+
+
+def test_an_idle_worker_is_woken_by_new_work_committed_elsewhere(new_store):
+    """wait_for_change returns soon after another connection queues work (both engines)."""
+    waiter, writer = new_store(), new_store()
+    woke: list[bool] = []
+
+    def wait() -> None:
+        woke.append(waiter.wait_for_change(20.0, lambda: False))
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    deadline, n = time.monotonic() + 15, 0
+    while thread.is_alive() and time.monotonic() < deadline:
+        n += 1  # commit new work until the waiter notices (it may not be listening yet)
+        with writer.transaction():
+            writer.insert_job(a_job(f"vj_{n}"))
+            writer.create_outputs(f"vj_{n}", 1, time.time())
+        thread.join(0.2)
+    thread.join(20)
+    assert woke == [True]
+
+
+def test_waiting_for_change_gives_up_at_the_timeout_or_when_stopped(store):
+    waiter = store
+    assert waiter.wait_for_change(0.2, lambda: False) is False
+    assert waiter.wait_for_change(20.0, lambda: True) is False

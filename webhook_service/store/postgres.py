@@ -35,6 +35,7 @@ import json
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -222,9 +223,13 @@ def _limit(limit: int) -> int | None:
     return None if limit < 0 else limit  # SQLite's LIMIT -1 means no limit; here NULL does
 
 
+WAKE_CHANNEL = "webhook_service_work"
+STOP_CHECK_SECONDS = 0.25
+
 class _Local(threading.local):
     conn: Connection | None = None
     depth = 0
+    listener: Connection | None = None
 
 
 class PostgresStore(Store):
@@ -548,6 +553,11 @@ class PostgresStore(Store):
             " ON CONFLICT DO NOTHING",
             {"job": job_id, "now": now, "n": count},
         )
+        self._wake_workers()
+
+    def _wake_workers(self) -> None:
+        """Tell listening workers that work became due (sent when the transaction commits)."""
+        self._query(f"SELECT pg_notify('{WAKE_CHANNEL}', '')")
 
     def outputs(self, job_ids: Iterable[str]) -> dict[str, list[Row]]:
         """Return each job's outputs by index, for many jobs in one query."""
@@ -648,6 +658,8 @@ class PostgresStore(Store):
             " ON CONFLICT (job_id) DO NOTHING",
             list(notification.values()),
         )
+        if result.rowcount == 1:
+            self._wake_workers()
         return result.rowcount == 1
 
     def notifications(self, job_ids: Iterable[str]) -> dict[str, Row]:
@@ -817,6 +829,30 @@ class PostgresStore(Store):
                 " WHERE lease_owner = %s",
                 [owner],
             )
+
+    def wait_for_change(self, timeout: float, stop: Callable[[], bool]) -> bool:
+        """LISTEN on a connection of this thread's own (outside the pool) for a wake-up.
+
+        NOTIFY is only a latency optimisation (it does not pass some poolers, and a
+        listener that drops misses what was sent meanwhile): callers keep polling.
+        """
+        deadline = time.monotonic() + timeout
+        try:
+            listener = self._local.listener
+            if listener is None or listener.closed or listener.broken:
+                listener = psycopg.connect(self._url, autocommit=True, **self._connect_args)
+                listener.execute(f"LISTEN {WAKE_CHANNEL}")
+                self._local.listener = listener
+            while not stop():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                for _ in listener.notifies(timeout=min(left, STOP_CHECK_SECONDS), stop_after=1):
+                    return True
+        except psycopg.OperationalError as error:
+            self._local.listener = None
+            raise self._unavailable(error) from error
+        return False
 
     def next_due_at(self) -> float | None:
         """Return the earliest time any poll, download or notification is due."""
