@@ -71,10 +71,11 @@ class JobSchema(Schema):
     finished_at = fields.DateTime(required=True, allow_none=True)
     outputs = fields.List(fields.Nested(OutputSchema), required=True)
     settled = fields.Boolean(
-        metadata={"description": "Terminal, and every output downloaded or failed."}
+        required=True,
+        metadata={"description": "Terminal, and every output downloaded or failed."},
     )
-    notify_url = fields.String(allow_none=True)
-    notification = fields.Nested(NotificationSchema, allow_none=True)
+    notify_url = fields.String(required=True, allow_none=True)
+    notification = fields.Nested(NotificationSchema, required=True, allow_none=True)
 
 
 class JobPageSchema(Schema):

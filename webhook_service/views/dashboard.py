@@ -29,7 +29,6 @@ from flask import (
     Flask,
     Response,
     abort,
-    current_app,
     flash,
     redirect,
     render_template,
@@ -50,7 +49,6 @@ from ..observability import LAG_BUCKETS, miss_rate
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 
 PAGE = 25
-MEDIA = "webhook_service.dashboard.media"
 PUBLIC_ENDPOINTS = frozenset({"dashboard.sign_in"})
 
 
@@ -298,10 +296,7 @@ def video(job_id: str, index: int) -> BaseResponse:
         abort(404)
     if output["status"] != "downloaded":
         abort(409, f"Video {index} is {output['status']}, not downloaded yet.")
-    storage = current_app.extensions.get(MEDIA)
-    if storage is None:
-        storage = current_app.extensions[MEDIA] = media.open_media(context.settings())
     try:
-        return media.send_video(storage, job_id, index, etag=output["sha256"])
+        return media.send_video(context.media(), job_id, index, etag=output["sha256"])
     except media.MediaMissing:
         abort(409, f"Video {index} was downloaded but is missing from storage.")
