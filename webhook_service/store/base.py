@@ -227,8 +227,9 @@ class Store(ABC):
     def next_due_at(self) -> float | None:
         """Return the earliest time any poll or download is due."""
 
-    # Observability (read-only; every engine implements these) -------------------
+    # Observability (read-only) ------------------------------------------------------
 
+    @abstractmethod
     def metrics(self, now: float, lag_buckets: tuple[float, ...]) -> Row:
         """Return the counters and gauges ``/metrics`` exposes, read at once.
 
@@ -239,14 +240,13 @@ class Store(ABC):
         ``download_bytes``; ``notifications`` {``delivered``, ``failed``} (attempts);
         ``due`` {``polls``, ``downloads``, ``notifications``} (due now, not claimed).
         """
-        raise NotImplementedError
 
+    @abstractmethod
     def callback_lag_by_model(self) -> list[Row]:
         """Return per model: ``model``, ``callbacks``, ``avg_lag``, ``max_lag`` (seconds)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def oldest_work(self, now: float) -> Row:
         """Return ``job`` (oldest unfinished job), ``output`` (oldest output not yet
         downloaded or failed), ``notification`` (oldest pending), each a row or None,
         and ``last_callback_at`` (latest event received, or None)."""
-        raise NotImplementedError
