@@ -34,7 +34,8 @@ def cli() -> None:
 @contextmanager
 def _store() -> Iterator[Store]:
     settings = load_settings()
-    settings.database_path.parent.mkdir(parents=True, exist_ok=True)
+    if settings.database_url is None:  # PostgreSQL leaves the working directory untouched
+        settings.database_path.parent.mkdir(parents=True, exist_ok=True)
     store = open_store(settings)
     try:
         store.migrate()
