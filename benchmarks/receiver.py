@@ -1,12 +1,18 @@
-"""Benchmark the callback receiver against a bare Flask endpoint, same gunicorn shape.
+"""Benchmark the callback receiver against a bare Flask endpoint, same gunicorn line.
 
-    python benchmarks/receiver.py [--duration 10]
+    python benchmarks/receiver.py [--engine sqlite|postgres] [--duration 10] [--repeats 3]
 
-Both servers run as gunicorn with the Procfile's workers and threads on loopback;
-wrk (Debian package ``wrk``; installed if missing and we are root) sends signed
-callbacks for known jobs, 10 % of them duplicates, at 16 and 64 connections.
-Then 16 threads send more events, noting each one answered 204: every one of those
-must be in the database.  Prints a table; exits non-zero if one is missing.
+Both servers run the Procfile's ``web`` line on loopback (``--config
+python:webhook_service.gunicorn_conf``: its buffering worker, 2 workers x 4 threads,
+access log on); the baseline is a bare Flask app answering 204.  wrk (Debian
+package ``wrk``; installed if missing and we are root) sends signed callbacks for
+100 000 known jobs, 10 % of them duplicates, at 16 and 64 connections, alternating
+baseline and service, ``--repeats`` times; the table shows the median and the
+range.  Then 16 threads send more events, noting each one answered 204: every one of
+those must be in the database.  Exits non-zero if one is missing.
+
+``--engine postgres`` uses ``TEST_DATABASE_URL`` when set, else a private cluster
+(Debian's ``postgresql`` package) on a free loopback port.
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import httpx
@@ -29,9 +37,10 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from engines import command_line, load, postgres_server, query, spread  # noqa: E402
+
 from webhook_service.signatures import sign  # noqa: E402
 from webhook_service.store import Store  # noqa: E402
-from webhook_service.store.sqlite import SqliteStore  # noqa: E402
 
 SECRET = "bench-secret"
 WORKERS, THREADS = "2", "4"
@@ -60,24 +69,34 @@ def ensure_wrk() -> str:
     return shutil.which("wrk") or sys.exit("wrk install failed")
 
 
+def gunicorn_line(target: str, port: int) -> list[str]:
+    """The Procfile's web line serving ``target`` on loopback."""
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        target,
+        "--config",
+        "python:webhook_service.gunicorn_conf",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        WORKERS,
+        "--threads",
+        THREADS,
+        "--graceful-timeout",
+        "8",
+        "--access-logfile",
+        "-",
+    ]
+
+
 def start_gunicorn(target: str, port: int, env: dict[str, str], cwd: Path) -> subprocess.Popen:
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            target,
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            WORKERS,
-            "--threads",
-            THREADS,
-            "--log-level",
-            "warning",
-        ],
+        gunicorn_line(target, port),
         cwd=cwd,
         env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,  # the access log, written as on the platform
     )
     deadline = time.time() + 20
     while time.time() < deadline:
@@ -198,7 +217,7 @@ def run_wrk(wrk: str, url: str, script: Path, connections: int, duration: int) -
     }
 
 
-def verify_acknowledged(url: str, store: Store, seconds: int) -> tuple[int, int]:
+def verify_acknowledged(url: str, database: str, seconds: int) -> tuple[int, int]:
     """Send signed events from several threads, remembering each one answered 204.
 
     wrk cannot say which request an answer belongs to, so this exact check runs
@@ -246,68 +265,121 @@ def verify_acknowledged(url: str, store: Store, seconds: int) -> tuple[int, int]
         thread.join()
     stored = {
         row[0]
-        for row in store.db.execute(
-            "SELECT idempotency_key FROM events WHERE idempotency_key LIKE 'verify-%'"
+        for row in query(
+            database,
+            "SELECT idempotency_key FROM events WHERE idempotency_key LIKE ?",
+            ["verify-%"],
         )
     }
     return len(acknowledged), len(acknowledged - stored)
 
 
+def open_database(engine: str, work: Path, create_pg: object) -> tuple[dict[str, str], str]:
+    """Create and migrate the database, add the benchmark's jobs; return its env and address."""
+    if engine == "postgres":
+        from webhook_service.store.postgres import PostgresStore
+
+        url = create_pg("receiver")  # type: ignore[operator]
+        store: Store = PostgresStore(url)
+        env = {"DATABASE_URL": url}
+        address = url
+    else:
+        from webhook_service.store.sqlite import SqliteStore
+
+        db_path = work / "bench.sqlite3"
+        store = SqliteStore(db_path)
+        env = {"DATABASE_PATH": str(db_path)}
+        address = str(db_path)
+    store.migrate()
+    make_jobs(store, 100_000)
+    store.close()
+    return env, address
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engine", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per connection count")
     parser.add_argument("--events", type=int, default=60_000, help="signed requests per run")
     args = parser.parse_args()
     wrk = ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="receiver-bench-"))
-    db_path = work / "bench.sqlite3"
-    store = SqliteStore(db_path)
-    store.migrate()
-    make_jobs(store, 100_000)
+    with postgres_server() if args.engine == "postgres" else nullcontext() as create_pg:
+        try:
+            run(args, wrk, work, create_pg)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, wrk: str, work: Path, create_pg: object) -> None:
+    db_env, database = open_database(args.engine, work, create_pg)
     env = {
-        "DATABASE_PATH": str(db_path),
+        **db_env,
         "MEDIA_DIR": str(work / "videos"),
         "MODELGATES_WEBHOOK_SECRETS": SECRET,
         "TRUSTED_PROXY_COUNT": "0",
+        "LOG_LEVEL": "WARNING",
     }
+    load_before = load()
     ours_port, bare_port = free_port(), free_port()
-    ours = start_gunicorn("wsgi:app", ours_port, env, ROOT)
-    bare = start_gunicorn("bare_app:app", bare_port, {}, ROOT / "benchmarks")
-    rows = []
+    ours = start_gunicorn("webhook_service.wsgi:app", ours_port, env, work)
+    bare = start_gunicorn("bare_app:app", bare_port, env, ROOT / "benchmarks")
+    results: dict[int, dict[str, list[dict]]] = {
+        16: {"bare": [], "ours": []},
+        64: {"bare": [], "ours": []},
+    }
     try:
-        for index, connections in enumerate((16, 64)):
-            script = work / f"events{connections}.lua"
-            write_script(script, args.events, offset=index * args.events)
-            bare_result = run_wrk(
-                wrk, f"http://127.0.0.1:{bare_port}", script, connections, args.duration
-            )
-            ours_result = run_wrk(
-                wrk, f"http://127.0.0.1:{ours_port}", script, connections, args.duration
-            )
-            rows.append((connections, bare_result, ours_result))
-        acked, missing = verify_acknowledged(f"http://127.0.0.1:{ours_port}", store, args.duration)
+        batch = 0
+        for _ in range(args.repeats):
+            for connections in (16, 64):
+                script = work / f"events{batch}.lua"
+                write_script(script, args.events, offset=batch * args.events)
+                batch += 1
+                for name, port in (("bare", bare_port), ("ours", ours_port)):
+                    results[connections][name].append(
+                        run_wrk(wrk, f"http://127.0.0.1:{port}", script, connections, args.duration)
+                    )
+        acked, missing = verify_acknowledged(
+            f"http://127.0.0.1:{ours_port}", database, args.duration
+        )
     finally:
         for process in (ours, bare):
             process.terminate()
             process.wait(15)
+    load_after = load()
     print(
-        f"\nreceiver benchmark: gunicorn {WORKERS} workers x {THREADS} threads, wrk "
-        f"{THREADS_WRK} threads, {args.duration}s per run, 10% duplicate deliveries\n"
+        f"\nreceiver benchmark, engine {args.engine}: the Procfile web line (buffering worker, "
+        f"{WORKERS} workers x {THREADS} threads), wrk {THREADS_WRK} threads, {args.duration}s per "
+        f"run, 10% duplicate deliveries; median (min-max) of {args.repeats} runs"
     )
-    print("conns | bare req/s | ours req/s | ratio | bare p50/p99 ms | ours p50/p99 ms | non-2xx")
-    for connections, bare_result, ours_result in rows:
+    print(f"{load_before} before, {load_after} after\n")
+    print(
+        "conns | bare req/s | ours req/s | ratio | bare p50 / p99 ms | ours p50 / p99 ms "
+        "| p99 ratio | non-2xx"
+    )
+    failed = False
+    for connections, by_name in results.items():
+        bare_runs, ours_runs = by_name["bare"], by_name["ours"]
+        ratio = [o["rps"] / b["rps"] for b, o in zip(bare_runs, ours_runs, strict=True)]
+        p99_ratio = [o["p99"] / b["p99"] for b, o in zip(bare_runs, ours_runs, strict=True)]
+        errors = sum(o["non_2xx"] for o in ours_runs)
+        failed = failed or bool(errors)
         print(
-            f"{connections:>5} | {bare_result['rps']:>10.0f} | {ours_result['rps']:>10.0f} | "
-            f"{ours_result['rps'] / bare_result['rps']:.2f} | "
-            f"{bare_result['p50']:.2f}/{bare_result['p99']:.2f} | "
-            f"{ours_result['p50']:.2f}/{ours_result['p99']:.2f} | {ours_result['non_2xx']}"
+            f"{connections:>5} | {spread([r['rps'] for r in bare_runs])} | "
+            f"{spread([r['rps'] for r in ours_runs])} | {spread(ratio, '{:.2f}')} | "
+            f"{statistics.median(r['p50'] for r in bare_runs):.1f} / "
+            f"{spread([r['p99'] for r in bare_runs], '{:.1f}')} | "
+            f"{statistics.median(r['p50'] for r in ours_runs):.1f} / "
+            f"{spread([r['p99'] for r in ours_runs], '{:.1f}')} | "
+            f"{spread(p99_ratio, '{:.2f}')} | {errors}"
         )
     print(
         f"\nacknowledgement check ({VERIFY_THREADS} concurrent senders, {args.duration}s): "
         f"{acked} unique events answered 204, {missing} of them missing from the database"
     )
-    shutil.rmtree(work, ignore_errors=True)
-    if missing or any(r[2]["non_2xx"] for r in rows):
+    print(f"\nreproduce: {command_line()}")
+    if missing or failed:
         sys.exit("acknowledged events are missing from the database, or errors were answered")
 
 

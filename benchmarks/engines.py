@@ -1,0 +1,104 @@
+"""What the benchmarks share: a PostgreSQL server, raw reads for checks, the machine's load.
+
+``postgres_server()`` uses ``TEST_DATABASE_URL`` (a role that may create databases)
+when set, else starts a private throwaway cluster on a free loopback port as the
+tests do (``tests/pg.py``); either way it yields a function that creates a fresh,
+empty database and returns its URL.  Checks read rows with plain SQL on either
+engine: a benchmark checks the database, it does not go through the code it measures.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import statistics
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+@contextmanager
+def postgres_server() -> Iterator[Callable[[str], str]]:
+    """Yield ``create(name) -> url`` on a PostgreSQL server; stop a private one at the end."""
+    import psycopg
+    from pg import PrivateCluster, find_binaries, with_database
+
+    cluster = None
+    admin = os.environ.get("TEST_DATABASE_URL", "").strip()
+    if not admin:
+        binaries = find_binaries()
+        if binaries is None:
+            sys.exit("PostgreSQL is not installed (no initdb) and TEST_DATABASE_URL is not set")
+        cluster = PrivateCluster(binaries)
+        cluster.start()
+        admin = cluster.url
+    created: list[str] = []
+
+    def create(name: str) -> str:
+        name = f"bench_{os.getpid()}_{name}"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+            conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+        created.append(name)
+        return with_database(admin, name)
+
+    try:
+        yield create
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        else:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                for name in created:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+
+
+def query(database: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` on a PostgreSQL URL or an SQLite file path (``?`` placeholders)."""
+    if database.startswith(("postgresql://", "postgres://")):
+        import psycopg
+
+        with psycopg.connect(database) as conn:
+            return list(conn.execute(sql.replace("?", "%s"), params).fetchall())  # type: ignore[arg-type]
+    conn = sqlite3.connect(database)
+    try:
+        return list(conn.execute(sql, params).fetchall())
+    finally:
+        conn.close()
+
+
+def load() -> str:
+    """The load averages (1, 5, 15 min) and the core count, for the report."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
+
+
+def spread(values: Sequence[float], fmt: str = "{:.0f}") -> str:
+    """``median (min–max)`` of several runs."""
+    if len(values) == 1:
+        return fmt.format(values[0])
+    low, high = min(values), max(values)
+    return f"{fmt.format(statistics.median(values))} ({fmt.format(low)}–{fmt.format(high)})"
+
+
+def percentile(values: Sequence[float], share: float) -> float:
+    """The ``share`` percentile (0–1) by nearest rank."""
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, math.ceil(share * len(ordered)) - 1))
+    return ordered[rank]
+
+
+def command_line() -> str:
+    """The command that reproduces this run, from the repository root."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script = script.relative_to(ROOT)
+    except ValueError:
+        pass
+    return " ".join(["python", str(script), *sys.argv[1:]])
