@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 import logging
 import re
 from typing import Any
@@ -21,7 +19,6 @@ from ..errors import (
     Conflict,
     NotConfigured,
     NotFound,
-    Unauthorized,
     UpstreamError,
     ValidationError,
 )
@@ -31,6 +28,7 @@ from ..media import send_video
 from ..modelgates import ModelGatesError
 from ..schemas import JobRequestSchema, capability_errors
 from ..store import Store
+from .auth import require_bearer
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 log = logging.getLogger(__name__)
@@ -50,18 +48,8 @@ def authenticate() -> None:
     """Every /api path needs a bearer token, even one that matches no route."""
     if not (request.path == "/api" or request.path.startswith("/api/")):
         return
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthorized()
-    matched = False
-    for known in context.settings().service_api_tokens:
-        matched |= hmac.compare_digest(known.encode(), token.encode())
-    if not matched:
-        raise Unauthorized()
-    # Idempotency keys are scoped per API token; store a digest, never the token.
-    g.client_id = hashlib.sha256(token.encode()).hexdigest()
+    # Idempotency keys are scoped per API token; keep a digest, never the token.
+    g.client_id = require_bearer()
 
 
 @bp.after_app_request

@@ -45,6 +45,7 @@ from ..job_json import iso
 from ..jobs import COMPLETED, STATUSES, TERMINAL
 from ..logs import redact
 from ..observability import LAG_BUCKETS, miss_rate
+from .auth import is_known_token, token_digest
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 
@@ -83,22 +84,11 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.register_blueprint(bp)
 
 
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _token_matches(token: str) -> bool:
-    matched = False
-    for known in context.settings().service_api_tokens:
-        matched |= hmac.compare_digest(known.encode(), token.encode())
-    return matched and bool(token)
-
-
 def _signed_in() -> bool:
     digest = session.get("token")
     if not isinstance(digest, str):
         return False
-    known = [_digest(token) for token in context.settings().service_api_tokens]
+    known = [token_digest(token) for token in context.settings().service_api_tokens]
     return any(hmac.compare_digest(digest, candidate) for candidate in known)
 
 
@@ -159,10 +149,10 @@ def sign_in() -> Any:
     """The sign-in form; a valid API token starts a session."""
     failed = False
     if request.method == "POST":
-        if _token_matches(request.form.get("token", "").strip()):
+        if is_known_token(request.form.get("token", "").strip()):
             destination = _next_page(url_for("dashboard.overview"))
             session.clear()
-            session["token"] = _digest(request.form["token"].strip())
+            session["token"] = token_digest(request.form["token"].strip())
             session["csrf"] = secrets.token_urlsafe(32)
             return redirect(destination)
         failed = True

@@ -10,13 +10,11 @@ and are not counted here; the logs carry one line for each.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -27,28 +25,14 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from .. import context
-from ..errors import Unauthorized
 from ..observability import LAG_BUCKETS
 from ..store import Store
+from .auth import require_bearer
 
 bp = Blueprint("metrics", __name__)
 
 PREFIX = "webhook_service_"
 VERDICTS = ("applied", "unchanged", "waiting", "ignored", "mismatch", "rejected", "error")
-
-
-def require_bearer() -> str:
-    """Check ``Authorization: Bearer`` against SERVICE_API_TOKENS; return the token's digest."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthorized()
-    matched = False
-    for known in context.settings().service_api_tokens:
-        matched |= hmac.compare_digest(known.encode(), token.encode())
-    if not matched:
-        raise Unauthorized()
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class StoreCollector(Collector):
