@@ -1,13 +1,20 @@
 """Benchmark the worker's download path and the cost of a worker tick.
 
-    python benchmarks/download.py [--size-mib 1024] [--rounds 2]
+    python benchmarks/download.py [--engine sqlite|postgres] [--media local|s3]
+                                  [--size-mib 1024] [--rounds 3] [--no-tick]
 
 1. Download: the sandbox (its own process) serves one output of ``--size-mib``; curl
-   (``curl -s -o FILE``, no hashing) and the worker (stream, sha256, fsync, rename,
-   record) each fetch it, alternating, ``--rounds`` times.  The worker runs in a child
-   process so its peak RSS is its own.  Reports wall-time ratio and peak RSS.
+   (``curl -s -o FILE``, no hashing) and the worker (stream, sha256, store, record)
+   each fetch it, alternating, ``--rounds`` times.  The worker runs in a child
+   process so its peak RSS is its own.  ``--media local`` writes to disk (fsync,
+   rename); ``--media s3`` streams a multipart upload to an S3-compatible server
+   (moto's server mode, in its own process on loopback, so the objects it keeps in
+   memory are not the worker's).  Reports each round's ratio to curl, the median
+   and range, and the worker's peak RSS.
 2. Tick: claiming 100 due jobs and 100 due outputs in a database holding 100 000
-   finished jobs, against the same in a database of 100 jobs.
+   finished jobs, against the same in a database of 100 jobs, on ``--engine``.
+
+``--engine postgres`` uses ``TEST_DATABASE_URL`` when set, else a private cluster.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import httpx
@@ -29,12 +38,13 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from engines import command_line, load, postgres_server, spread  # noqa: E402
+
 from webhook_service.config import load_settings  # noqa: E402
 from webhook_service.demo import API_KEY as KEY  # noqa: E402
 from webhook_service.demo import free_port, sandbox_command, wait_for  # noqa: E402
 from webhook_service.modelgates import ModelGatesClient  # noqa: E402
-from webhook_service.store import Store  # noqa: E402
-from webhook_service.store.sqlite import SqliteStore  # noqa: E402
+from webhook_service.store import Store, open_store  # noqa: E402
 from webhook_service.worker import Worker  # noqa: E402
 
 
@@ -67,29 +77,30 @@ def insert_job(
     )
 
 
-def child(base_url: str, upstream_id: str, work: Path) -> None:
+def child(base_url: str, upstream_id: str, job_number: int, environ: dict[str, str]) -> None:
     """Download one output with the real worker; print wall time and peak RSS."""
-    settings = load_settings(
-        {"DATABASE_PATH": str(work / "child.sqlite3"), "MEDIA_DIR": str(work / "videos")}
-    )
-    store = SqliteStore(settings.database_path)
+    settings = load_settings(environ)
+    store = open_store(settings)
     store.migrate()
     now = time.time()
+    job_id = f"vj_bench{job_number}"
     with store.transaction():
-        insert_job(store, 0, "completed", upstream_id, now)
-        store.create_outputs("vj_bench0", 1, now)
+        insert_job(store, job_number, "completed", upstream_id, now)
+        store.create_outputs(job_id, 1, now)
     client = ModelGatesClient(base_url, KEY)
     worker = Worker(settings, client, concurrency=1)
     started = time.perf_counter()
     worker.run_once(now)
     wall = time.perf_counter() - started
-    output = store.output("vj_bench0", 0)
+    output = store.output(job_id, 0)
     assert output is not None and output["status"] == "downloaded", output
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"wall": wall, "peak_rss_mib": peak_kib / 1024, "bytes": output["bytes"]}))
 
 
-def download_rounds(size: int, rounds: int, work: Path) -> dict[str, object]:
+def download_rounds(
+    size: int, rounds: int, work: Path, storage_env: Callable[[Path], dict[str, str]]
+) -> dict[str, list[float]]:
     port = free_port()
     sandbox = subprocess.Popen(
         [
@@ -129,7 +140,7 @@ def download_rounds(size: int, rounds: int, work: Path) -> dict[str, object]:
         )
         url = f"{base}/videos/{job['id']}/content?index=0"
         curl_times, worker_times, peaks = [], [], []
-        for _ in range(rounds):
+        for round_ in range(rounds):
             target = work / "curl.out"
             started = time.perf_counter()
             subprocess.run(
@@ -140,12 +151,14 @@ def download_rounds(size: int, rounds: int, work: Path) -> dict[str, object]:
             assert target.stat().st_size == size
             target.unlink()
             child_dir = Path(tempfile.mkdtemp(dir=work))
+            environ = storage_env(child_dir)
             result = json.loads(
                 subprocess.run(
-                    [sys.executable, __file__, "--child", base, job["id"], str(child_dir)],
+                    [sys.executable, __file__, "--child", base, job["id"], str(round_)],
                     check=True,
                     capture_output=True,
                     text=True,
+                    env={**os.environ, **environ, "BENCH_CHILD_ENV": json.dumps(environ)},
                 ).stdout
             )
             assert result["bytes"] == size
@@ -155,16 +168,11 @@ def download_rounds(size: int, rounds: int, work: Path) -> dict[str, object]:
     finally:
         sandbox.terminate()
         sandbox.wait(10)
-    return {
-        "curl": statistics.median(curl_times),
-        "worker": statistics.median(worker_times),
-        "peak_rss_mib": max(peaks),
-    }
+    return {"curl": curl_times, "worker": worker_times, "peak_rss_mib": peaks}
 
 
-def tick_cost(finished: int, due: int, work: Path, repeats: int = 20) -> float:
+def tick_cost(finished: int, due: int, store: Store, repeats: int = 20) -> float:
     """Median seconds to claim ``due`` jobs and outputs among ``finished`` finished jobs."""
-    store = SqliteStore(work / f"tick-{finished}.sqlite3")
     store.migrate()
     now = time.time()
     with store.transaction():
@@ -201,29 +209,83 @@ def tick_cost(finished: int, due: int, work: Path, repeats: int = 20) -> float:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(sys.argv[2], sys.argv[3], Path(sys.argv[4]))
+        environ = json.loads(os.environ["BENCH_CHILD_ENV"])
+        child(sys.argv[2], sys.argv[3], int(sys.argv[4]), environ)
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engine", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--media", choices=("local", "s3"), default="local")
     parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-tick", action="store_true", help="skip the worker tick benchmark")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="download-bench-", dir=os.environ.get("BENCH_DIR")))
+    postgres = postgres_server() if args.engine == "postgres" else nullcontext()
+    s3 = nullcontext()
+    if args.media == "s3":
+        sys.path.insert(0, str(ROOT / "tests"))
+        from s3server import S3Server
+
+        s3 = S3Server(separate_process=True)
+    load_before = load()
     try:
-        size = args.size_mib * 1024 * 1024
-        result = download_rounds(size, args.rounds, work)
-        small, large = tick_cost(100, 100, work), tick_cost(100_000, 100, work)
+        with postgres as create_pg, s3 as server:
+            database: dict[str, str] = {}
+            if create_pg is not None:
+                database["DATABASE_URL"] = create_pg("download")
+            media: dict[str, str] = {}
+            if server is not None:
+                media = {**server.environ(), "MEDIA_STORAGE": f"s3://{server.create_bucket()}/b"}
+
+            def storage_env(folder: Path) -> dict[str, str]:
+                return {
+                    "DATABASE_PATH": str(folder / "child.sqlite3"),
+                    "MEDIA_DIR": str(folder / "videos"),
+                    **database,
+                    **media,
+                }
+
+            size = args.size_mib * 1024 * 1024
+            result = download_rounds(size, args.rounds, work, storage_env)
+            if args.no_tick:
+                small = large = None
+            else:
+                small, large = (
+                    tick_cost(finished, 100, tick_store(args.engine, create_pg, work, finished))
+                    for finished in (100, 100_000)
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\ndownload of {args.size_mib} MiB from the sandbox, median of {args.rounds} rounds")
-    print(f"  curl -s -o FILE : {result['curl']:.2f} s")
+    curl, ours = result["curl"], result["worker"]
+    ratios = [w / c for c, w in zip(curl, ours, strict=True)]
+    store_step = "multipart upload" if args.media == "s3" else "fsync + rename"
     print(
-        f"  worker          : {result['worker']:.2f} s  (stream + sha256 + fsync + rename + record)"
+        f"\ndownload of {args.size_mib} MiB from the sandbox, engine {args.engine}, media "
+        f"{args.media}; median (min-max) of {args.rounds} rounds"
     )
-    print(f"  ratio           : {result['worker'] / result['curl']:.2f}x curl")
-    print(f"  worker peak RSS : {result['peak_rss_mib']:.1f} MiB")
-    print("\nworker tick: claim 100 due jobs + 100 due outputs")
-    print(f"  among 100 jobs      : {small * 1000:.2f} ms")
-    print(f"  among 100 000 jobs  : {large * 1000:.2f} ms  ({large / small:.2f}x)")
+    print(f"  {load_before} before, {load()} after")
+    print(f"  curl -s -o FILE : {spread(curl, '{:.2f}')} s")
+    print(
+        f"  worker          : {spread(ours, '{:.2f}')} s  (stream + sha256 + {store_step} + record)"
+    )
+    print(f"  ratio           : {spread(ratios, '{:.2f}')}x curl")
+    print(f"  worker peak RSS : {spread(result['peak_rss_mib'], '{:.1f}')} MiB")
+    if small is not None and large is not None:
+        print(f"\nworker tick on {args.engine}: claim 100 due jobs + 100 due outputs")
+        print(f"  among 100 jobs      : {small * 1000:.2f} ms")
+        print(f"  among 100 000 jobs  : {large * 1000:.2f} ms  ({large / small:.2f}x)")
+    print(f"\nreproduce: {command_line()}")
+
+
+def tick_store(engine: str, create_pg: Callable[[str], str] | None, work: Path, jobs: int) -> Store:
+    """A fresh, empty store for the tick benchmark."""
+    if engine == "postgres" and create_pg is not None:
+        from webhook_service.store.postgres import PostgresStore
+
+        return PostgresStore(create_pg(f"tick{jobs}"))
+    from webhook_service.store.sqlite import SqliteStore
+
+    return SqliteStore(work / f"tick-{jobs}.sqlite3")
 
 
 if __name__ == "__main__":
