@@ -9,10 +9,12 @@ engine: a benchmark checks the database, it does not go through the code it meas
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import sqlite3
 import statistics
+import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -102,3 +104,67 @@ def command_line() -> str:
     except ValueError:
         pass
     return " ".join(["python", str(script), *sys.argv[1:]])
+
+
+def start_profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy (``pip install py-spy``) sampling ``pid`` and its children, idle threads included."""
+    return subprocess.Popen(
+        [
+            "py-spy",
+            "record",
+            "--pid",
+            str(pid),
+            "--subprocesses",
+            "--idle",
+            "--rate",
+            "200",
+            "--duration",
+            str(int(seconds)),
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def summarise_profile(raw: Path, top: int = 12, threads: str = "") -> str:
+    """The frames that hold the most samples in a py-spy raw (collapsed) profile.
+
+    ``self`` counts the innermost frame; ``total`` counts a function once per stack.
+    Only stacks whose thread frame contains ``threads`` are kept when it is given.
+    """
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        frames = stack.split(";")
+        if threads and not any(threads in frame for frame in frames[:2]):
+            continue
+        count = int(count_text)
+        samples += count
+        names = [_frame_name(frame) for frame in frames[2:]] or ["(no python frame)"]
+        own[names[-1]] += count
+        for name in set(names):
+            total[name] += count
+    if not samples:
+        return "  (no samples)"
+    lines = [f"  {samples} samples; self (innermost frame):"]
+    lines += [f"    {100 * n / samples:5.1f} %  {name}" for name, n in own.most_common(top)]
+    lines.append("  total (anywhere on the stack):")
+    lines += [f"    {100 * n / samples:5.1f} %  {name}" for name, n in total.most_common(top)]
+    return "\n".join(lines)
+
+
+def _frame_name(frame: str) -> str:
+    """``function (path/to/module.py:12)`` -> ``module.py:function``."""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rpartition(":")[0]
+    parts = Path(path).parts
+    short = "/".join(parts[-2:]) if parts else path
+    return f"{short}:{name.strip()}"

@@ -30,6 +30,7 @@ import os
 import re
 import secrets
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -46,7 +47,15 @@ from standardwebhooks import Webhook
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engines import command_line, load, percentile, postgres_server, query  # noqa: E402
+from engines import (  # noqa: E402
+    command_line,
+    load,
+    percentile,
+    postgres_server,
+    query,
+    start_profile,
+    summarise_profile,
+)
 
 from webhook_service.demo import (  # noqa: E402
     API_TOKEN,
@@ -145,11 +154,17 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--interval", type=float, default=0.25, help="seconds between submits")
     parser.add_argument("--idle-seconds", type=float, default=30)
+    parser.add_argument(
+        "--profile", action="store_true", help="sample the worker with py-spy while jobs run"
+    )
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="notify-bench-"))
-    with postgres_server() if args.engine == "postgres" else nullcontext() as create_pg:
-        database = create_pg("notify") if create_pg else str(home / "webhook_service.sqlite3")
-        run(args, home, database)
+    try:
+        with postgres_server() if args.engine == "postgres" else nullcontext() as create_pg:
+            database = create_pg("notify") if create_pg else str(home / "webhook_service.sqlite3")
+            run(args, home, database)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def run(args: argparse.Namespace, home: Path, database: str) -> None:
@@ -189,6 +204,9 @@ def run(args: argparse.Namespace, home: Path, database: str) -> None:
         floor = loopback_floor(receiver.server_address[1])
         load_before = load()
         jobs: list[str] = []
+        spy = None
+        if args.profile:
+            spy = start_profile(worker.pid, args.jobs * args.interval, home / "profile.txt")
         with httpx.Client(
             base_url=web_url, timeout=30, headers={"Authorization": f"Bearer {API_TOKEN}"}
         ) as api:
@@ -210,6 +228,8 @@ def run(args: argparse.Namespace, home: Path, database: str) -> None:
             lambda: len(receiver.arrived) >= len(jobs), 120, "every notification", processes.check
         )
         load_after = load()
+        if spy is not None:
+            spy.wait(60)
         time.sleep(2)  # let the last round finish before the idle measurement
         web_group = processes.running["web"].pid
         idle_before = cpu_seconds(worker.pid), cpu_seconds(web_group)
@@ -226,6 +246,9 @@ def run(args: argparse.Namespace, home: Path, database: str) -> None:
         f"({100 * worker_cpu / args.idle_seconds:.2f} % of a core); web line (arbiter + 2 workers) "
         f"{web_cpu:.2f} CPU s ({100 * web_cpu / args.idle_seconds:.2f} %)"
     )
+    if args.profile:
+        print(f"\npy-spy, the worker process, while the {len(jobs)} jobs ran:")
+        print(summarise_profile(home / "profile.txt"))
     print(f"\nreproduce: {command_line()}")
 
 

@@ -37,7 +37,15 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engines import command_line, load, postgres_server, query, spread  # noqa: E402
+from engines import (  # noqa: E402
+    command_line,
+    load,
+    postgres_server,
+    query,
+    spread,
+    start_profile,
+    summarise_profile,
+)
 
 from webhook_service.signatures import sign  # noqa: E402
 from webhook_service.store import Store  # noqa: E402
@@ -302,6 +310,11 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per connection count")
     parser.add_argument("--events", type=int, default=60_000, help="signed requests per run")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the service's gunicorn processes with py-spy during the first 16-conn run",
+    )
     args = parser.parse_args()
     wrk = ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="receiver-bench-"))
@@ -329,6 +342,7 @@ def run(args: argparse.Namespace, wrk: str, work: Path, create_pg: object) -> No
         16: {"bare": [], "ours": []},
         64: {"bare": [], "ours": []},
     }
+    profile: Path | None = None
     try:
         batch = 0
         for _ in range(args.repeats):
@@ -337,9 +351,15 @@ def run(args: argparse.Namespace, wrk: str, work: Path, create_pg: object) -> No
                 write_script(script, args.events, offset=batch * args.events)
                 batch += 1
                 for name, port in (("bare", bare_port), ("ours", ours_port)):
+                    spy = None
+                    if args.profile and name == "ours" and profile is None:
+                        profile = work / "profile.txt"
+                        spy = start_profile(ours.pid, args.duration - 1, profile)
                     results[connections][name].append(
                         run_wrk(wrk, f"http://127.0.0.1:{port}", script, connections, args.duration)
                     )
+                    if spy is not None:
+                        spy.wait(60)
         acked, missing = verify_acknowledged(
             f"http://127.0.0.1:{ours_port}", database, args.duration
         )
@@ -378,6 +398,9 @@ def run(args: argparse.Namespace, wrk: str, work: Path, create_pg: object) -> No
         f"\nacknowledgement check ({VERIFY_THREADS} concurrent senders, {args.duration}s): "
         f"{acked} unique events answered 204, {missing} of them missing from the database"
     )
+    if profile is not None:
+        print(f"\npy-spy, the service's gunicorn processes, 16 connections, {args.duration}s:")
+        print(summarise_profile(profile))
     print(f"\nreproduce: {command_line()}")
     if missing or failed:
         sys.exit("acknowledged events are missing from the database, or errors were answered")
