@@ -5,12 +5,17 @@ Starts the sandbox upstream, then the Procfile's ``release``, ``web`` and
 folder; submits jobs that exercise a dropped callback, an upstream failure, two
 outputs and a duplicate callback; follows them until every job is terminal and
 every video downloaded; checks each file's sha256 against what the sandbox
-served; prints a summary and exits 0, or non-zero saying what went wrong.
+served; checks that the client's app (a receiver the demo runs) got one signed
+notification per job once it was settled; prints a summary and exits 0, or
+non-zero saying what went wrong.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
+import json
 import os
 import shlex
 import signal
@@ -18,21 +23,24 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from .notifications.events import sign
 from .store.sqlite import SqliteStore
 
 API_TOKEN = "demo-token"
 WEBHOOK_SECRET = "demo-webhook-secret"
 API_KEY = "demo-sandbox-key"
+NOTIFY_SECRET = "whsec_" + base64.b64encode(b"demo-notification-signing-secret").decode()
 STOP_SECONDS = 10.0
-TERMINAL = {"completed", "failed", "cancelled", "expired", "submit_failed"}
 
 # The repository's Procfile, used when the working directory has none of ours: every
 # line runs from an installed package, wherever the command is started.
@@ -182,6 +190,57 @@ class Processes:
         return took
 
 
+class AppReceiver(ThreadingHTTPServer):
+    """The client's own app, as the demo plays it: verifies and keeps each notification."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _AppHandler)
+        self.events: list[dict[str, Any]] = []
+        self.refused = 0
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        """Where the service is told to send notifications."""
+        return f"http://127.0.0.1:{self.server_address[1]}/hooks/videos"
+
+    def for_job(self, job_id: str) -> list[dict[str, Any]]:
+        """The verified notifications received about one job."""
+        return [event for event in self.events if event["data"]["id"] == job_id]
+
+    def close(self) -> None:
+        """Stop serving."""
+        self.shutdown()
+        self.server_close()
+
+
+class _AppHandler(BaseHTTPRequestHandler):
+    server: AppReceiver
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        msg_id = self.headers.get("webhook-id", "")
+        stamp = self.headers.get("webhook-timestamp", "")
+        sent = self.headers.get("webhook-signature", "").split()
+        verified = False
+        if stamp.isdigit() and abs(time.time() - int(stamp)) <= 300:
+            expected = sign(NOTIFY_SECRET, msg_id, int(stamp), body)["webhook-signature"]
+            verified = any(hmac.compare_digest(expected, one) for one in sent)
+        if verified:
+            self.server.events.append(json.loads(body))
+        else:
+            self.server.refused += 1
+        self.send_response(204 if verified else 400)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
 def local_env(home: Path, sandbox_url: str, web_port: int) -> dict[str, str]:
     """The environment of a local deployment: instance files in ``home``, the sandbox upstream."""
     inherited = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
@@ -236,7 +295,13 @@ def run(keep: bool, echo: Callable[[str], None] = print) -> int:
     sandbox_port, web_port = free_port(), free_port()
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
     web_url = f"http://127.0.0.1:{web_port}"
-    env = local_env(home, sandbox_url, web_port)
+    app = AppReceiver()
+    env = {
+        **local_env(home, sandbox_url, web_port),
+        "NOTIFY_URL": app.url,
+        "NOTIFY_SIGNING_SECRET": NOTIFY_SECRET,
+        "ALLOW_PRIVATE_NOTIFY_URLS": "1",
+    }
     # Children run in the instance folder: the user's .env is not theirs to read.
     processes = Processes(home, cwd=home)
     echo(f"demo: instance folder {home}")
@@ -273,11 +338,13 @@ def run(keep: bool, echo: Callable[[str], None] = print) -> int:
         ) as api:
             _submit_all(api, echo)
             _follow(api, echo, processes.check)
-            failures = _check(api, httpx.Client(base_url=sandbox_url), home, echo)
+            failures = _check(api, httpx.Client(base_url=sandbox_url), home, echo, app)
         if keep:
             echo(
-                f"\ndemo: still running. API {web_url}/api/jobs (Bearer {API_TOKEN}), "
-                f"sandbox {sandbox_url}/_sandbox/jobs, logs in {home}. Ctrl-C stops."
+                f"\ndemo: still running. Dashboard {web_url}/dashboard (sign in with the token"
+                f" {API_TOKEN}), API {web_url}/api/jobs (Bearer {API_TOKEN}), metrics"
+                f" {web_url}/metrics, sandbox {sandbox_url}/_sandbox/jobs, logs in {home}."
+                " Ctrl-C stops."
             )
             _wait_for_interrupt()
         took = processes.stop()
@@ -289,10 +356,14 @@ def run(keep: bool, echo: Callable[[str], None] = print) -> int:
         return 1
     finally:
         processes.stop()  # a no-op for processes already stopped; never leave any behind
+        app.close()
     if failures:
         echo("\ndemo FAILED:\n  " + "\n  ".join(failures) + f"\n(logs in {home})")
         return 1
-    echo("\ndemo OK: every job reached the expected state and every video is on disk, verified.")
+    echo(
+        "\ndemo OK: every job reached the expected state, every video is on disk, verified,"
+        " and the app got one signed notification per job."
+    )
     return 0
 
 
@@ -333,16 +404,15 @@ def _follow(
             job = api.get(f"/api/jobs/{scenario.job['id']}").json()
             scenario.job = job
             outputs = " ".join(o["status"] for o in job["outputs"]) or "-"
-            line = f"{job['status']} ({job['completion_source'] or '-'}) outputs: {outputs}"
+            told = (job["notification"] or {}).get("status", "-")
+            line = (
+                f"{job['status']} ({job['completion_source'] or '-'}) outputs: {outputs}"
+                f"  notification: {told}"
+            )
             if shown.get(job["id"]) != line:
                 shown[job["id"]] = line
                 echo(f"  {time.strftime('%H:%M:%S')} {scenario.name:<20} {line}")
-            done = job["status"] in TERMINAL and all(
-                o["status"] in ("downloaded", "failed") for o in job["outputs"]
-            )
-            if job["status"] == "completed" and not job["outputs"]:
-                done = False
-            settled &= done
+            settled &= job["settled"] and told == "delivered"
         if settled:
             return
         time.sleep(0.5)
@@ -350,7 +420,11 @@ def _follow(
 
 
 def _check(
-    api: httpx.Client, sandbox: httpx.Client, home: Path, echo: Callable[[str], None]
+    api: httpx.Client,
+    sandbox: httpx.Client,
+    home: Path,
+    echo: Callable[[str], None],
+    app: AppReceiver,
 ) -> list[str]:
     failures = []
     store = SqliteStore(home / "webhook_service.sqlite3")
@@ -358,6 +432,8 @@ def _check(
         f"\n{'job':<28} {'scenario':<19} {'status':<10} {'source':<9} {'idx':>3} "
         f"{'bytes':>8}  {'sha256':<16}  file"
     )
+    if app.refused:
+        failures.append(f"{app.refused} notifications failed signature verification")
     for scenario in SCENARIOS:
         job = scenario.job
         if (job["status"], job["completion_source"], len(job["outputs"])) != (
@@ -388,6 +464,9 @@ def _check(
             failures.append(
                 f"{scenario.name}: {len(delivered)} callbacks acknowledged, {len(stored)} stored"
             )
+        told = app.for_job(job["id"])
+        if [event["type"] for event in told] != [f"job.{scenario.status}"]:
+            failures.append(f"{scenario.name}: the app was told {[e['type'] for e in told]}")
         rows = job["outputs"] or [None]
         for output in rows:
             path, digest = "", "-"
