@@ -19,6 +19,8 @@ is lost, nothing is fetched again, and a new job completes.
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +36,7 @@ from s3server import S3Server
 from webhook_service.demo import (
     API_KEY,
     API_TOKEN,
+    STOP_SECONDS,
     WEBHOOK_SECRET,
     DemoFailed,
     Processes,
@@ -43,7 +46,7 @@ from webhook_service.demo import (
     wait_for,
 )
 from webhook_service.sandbox import SandboxServer, SandboxSettings
-from webhook_service.store.postgres import MIGRATIONS
+from webhook_service.store.postgres import DEFAULT_POOL_SIZE, MIGRATIONS
 
 REPO = Path(__file__).resolve().parent.parent
 PROCFILE = read_procfile(REPO / "Procfile")
@@ -51,14 +54,17 @@ BUCKET = "platform-videos"
 PREFIX = "deploy"
 MULTIPART_SIZE = 9 * 1024 * 1024  # over one 8 MiB part: the upload is multipart
 PRESIGN_LIMIT_SECONDS = 15 * 60
-# One entry per job: the sandbox's per-job passthrough parameters.
+WEB_CONCURRENCY = 2  # gunicorn workers per web process, as the Procfile's default
+# One entry per job: the sandbox's per-job passthrough parameters.  Each output has
+# its own pseudo-random bytes (a function of the upstream job id and index), so a
+# video stored under the wrong key cannot match.
 JOBS: list[dict[str, Any]] = [
-    {"callback": "deliver", "outputs": 2},
-    {"callback": "drop"},
-    {"callback": "duplicate"},
+    {"callback": "deliver", "outputs": 2, "content_size": 300_001},
+    {"callback": "drop", "content_size": 300_002},
+    {"callback": "duplicate", "content_size": 300_003},
     {"callback": "deliver", "content_size": MULTIPART_SIZE},
-    {"callback": "drop", "outputs": 2},
-    {"callback": "duplicate", "outputs": 2},
+    {"callback": "drop", "outputs": 2, "content_size": 300_005},
+    {"callback": "duplicate", "outputs": 2, "content_size": 300_006},
 ]
 CALLBACKS_ACKNOWLEDGED = {"deliver": 1, "drop": 0, "duplicate": 2}
 SOURCE = {"deliver": "callback", "drop": "poll", "duplicate": "callback"}
@@ -103,6 +109,7 @@ class Platform:
             POLL_AFTER_SECONDS="3",
             POLL_INTERVAL_SECONDS="1",
             TMPDIR=str(tmp),
+            WEB_CONCURRENCY=str(WEB_CONCURRENCY),
         )
         return env
 
@@ -152,11 +159,19 @@ class Platform:
         ]
 
     def stop(self) -> dict[str, int | None]:
-        """SIGTERM every process; return each one's exit status."""
+        """SIGTERM every process at once, as a platform does; return each one's exit status."""
+        for runner in self.nodes.values():
+            for process in runner.running.values():
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGTERM)
         statuses = {}
         for name, runner in self.nodes.items():
-            runner.stop()
             [process] = runner.running.values()
+            try:
+                process.wait(STOP_SECONDS + 5)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
             statuses[name] = process.returncode
         return statuses
 
@@ -281,6 +296,17 @@ def check_all(
         assert {job["id"] for job in listed} == set(jobs)
 
 
+def connections(database_url: str) -> int:
+    """Connections the service's processes hold on the database (not counting this one)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def migrations_applied(database_url: str) -> list[str]:
     with psycopg.connect(database_url, autocommit=True) as conn:
         return [row[0] for row in conn.execute("SELECT name FROM schema_migrations ORDER BY name")]
@@ -301,24 +327,28 @@ def test_two_webs_and_two_workers_sharing_nothing_lose_nothing_across_a_restart(
         jobs[submit(apis[n % 2], n, parameters)] = parameters
     wait_until(lambda: settled(apis[1], list(jobs)), 90, "every job settled", platform.alive)
     check_all(platform, apis, jobs)
+    # The README's budget: each gunicorn worker a pool, each worker a pool and a listener.
+    held = connections(platform.database_url)
+    budget = 2 * WEB_CONCURRENCY * DEFAULT_POOL_SIZE + 2 * (DEFAULT_POOL_SIZE + 1)
+    assert 0 < held <= budget, held
 
+    for api in apis:
+        api.close()
     statuses = platform.stop()
     assert statuses == dict.fromkeys(statuses, 0), statuses
     assert platform.local_leftovers() == []
-    for api in apis:
-        api.close()
 
     platform.boot(with_release=False)
     apis = platform.apis()
     check_all(platform, apis, jobs)  # nothing lost, nothing fetched again
-    parameters = {"callback": "duplicate", "outputs": 2}
+    parameters = {"callback": "duplicate", "outputs": 2, "content_size": 300_007}
     new_job = submit(apis[1], len(JOBS), parameters)
     jobs[new_job] = parameters
     wait_until(lambda: settled(apis[0], [new_job]), 60, "the new job settled", platform.alive)
     check_all(platform, apis, jobs)
 
+    for api in apis:
+        api.close()
     statuses = platform.stop()
     assert statuses == dict.fromkeys(statuses, 0), statuses
     assert platform.local_leftovers() == []
-    for api in apis:
-        api.close()
