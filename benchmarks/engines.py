@@ -130,34 +130,55 @@ def start_profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes
     )
 
 
-def summarise_profile(raw: Path, top: int = 12, threads: str = "") -> str:
-    """The frames that hold the most samples in a py-spy raw (collapsed) profile.
+IDLE_FRAMES = (
+    "futures/thread.py:_worker",  # a pool thread waiting for work
+    "threading.py:Condition.wait",
+    "sqlite.py:SqliteStore.wait_for_change",  # the worker's idle wait
+    "selectors.py:EpollSelector.select",  # gunicorn's and psycopg's idle waits
+    "selectors.py:PollSelector.select",
+    "socket.py:socket.accept",
+    "queue.py:Queue.get",
+)
 
-    ``self`` counts the innermost frame; ``total`` counts a function once per stack.
-    Only stacks whose thread frame contains ``threads`` are kept when it is given.
+# Frames on nearly every stack (thread start-up, the CLI), left out of the ``total`` list.
+GENERIC_FRAMES = ("threading.py:", "futures/thread.py:", "click/", "cli.py:", "<frozen")
+
+
+def summarise_profile(raw: Path, top: int = 12) -> str:
+    """Where a py-spy raw (collapsed, ``--idle``) profile's busy samples fall.
+
+    Stacks whose innermost frame is an idle wait (``IDLE_FRAMES``) are counted apart;
+    of the rest, ``self`` counts the innermost frame and ``total`` a function once per
+    stack.  Waiting on a lock or a database answer counts as busy: it is time a
+    request or a job spends.
     """
     own: collections.Counter[str] = collections.Counter()
     total: collections.Counter[str] = collections.Counter()
-    samples = 0
+    samples = idle = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not count_text.isdigit():
             continue
-        frames = stack.split(";")
-        if threads and not any(threads in frame for frame in frames[:2]):
-            continue
         count = int(count_text)
+        names = [_frame_name(frame) for frame in stack.split(";")[2:]] or ["(no python frame)"]
         samples += count
-        names = [_frame_name(frame) for frame in frames[2:]] or ["(no python frame)"]
+        if names[-1] in IDLE_FRAMES:
+            idle += count
+            continue
         own[names[-1]] += count
         for name in set(names):
-            total[name] += count
-    if not samples:
-        return "  (no samples)"
-    lines = [f"  {samples} samples; self (innermost frame):"]
-    lines += [f"    {100 * n / samples:5.1f} %  {name}" for name, n in own.most_common(top)]
+            if not name.startswith(GENERIC_FRAMES):
+                total[name] += count
+    busy = samples - idle
+    if not busy:
+        return "  (no busy samples)"
+    lines = [
+        f"  {samples} samples, {idle} of them idle waits; of the {busy} busy samples,"
+        " self (innermost frame):"
+    ]
+    lines += [f"    {100 * n / busy:5.1f} %  {name}" for name, n in own.most_common(top)]
     lines.append("  total (anywhere on the stack):")
-    lines += [f"    {100 * n / samples:5.1f} %  {name}" for name, n in total.most_common(top)]
+    lines += [f"    {100 * n / busy:5.1f} %  {name}" for name, n in total.most_common(top)]
     return "\n".join(lines)
 
 
