@@ -106,7 +106,7 @@ class Platform:
             MEDIA_STORAGE=f"s3://{BUCKET}/{PREFIX}",
             MODELGATES_BASE_URL=self.sandbox.base_url,
             PUBLIC_BASE_URL=public_url,
-            POLL_AFTER_SECONDS="3",
+            POLL_AFTER_SECONDS="5",  # a slow callback on a busy machine still beats the poll
             POLL_INTERVAL_SECONDS="1",
             TMPDIR=str(tmp),
             WEB_CONCURRENCY=str(WEB_CONCURRENCY),
