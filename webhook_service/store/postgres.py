@@ -226,6 +226,7 @@ def _limit(limit: int) -> int | None:
 WAKE_CHANNEL = "webhook_service_work"
 STOP_CHECK_SECONDS = 0.25
 
+
 class _Local(threading.local):
     conn: Connection | None = None
     depth = 0
