@@ -26,12 +26,14 @@ from __future__ import annotations
 import argparse
 import base64
 import http.client
+import json
 import os
 import re
 import secrets
 import shlex
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -131,6 +133,37 @@ def loopback_floor(port: int, rounds: int = 50) -> float:
     return statistics.median(timings)
 
 
+PROBE = """
+import json, sys, time
+overshoot = []
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    started = time.perf_counter()
+    time.sleep(0.005)
+    overshoot.append(time.perf_counter() - started - 0.005)
+print(json.dumps(overshoot))
+"""
+
+
+def start_probe(seconds: float) -> subprocess.Popen[str]:
+    """A process that sleeps 5 ms again and again, noting how late it wakes: the machine's
+    scheduling delay in the same run, the floor under any wake-up latency."""
+    return subprocess.Popen(
+        [sys.executable, "-c", PROBE, str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+
+
+def run_queue_seconds(pid: int) -> float:
+    """Seconds the threads of ``pid`` have spent runnable but waiting for a core."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
 def cpu_seconds(group: int) -> float:
     """User + system CPU seconds of every live process in process group ``group``."""
     ticks = os.sysconf("SC_CLK_TCK")
@@ -204,6 +237,8 @@ def run(args: argparse.Namespace, home: Path, database: str) -> None:
         floor = loopback_floor(receiver.server_address[1])
         load_before = load()
         jobs: list[str] = []
+        probe = start_probe(args.jobs * args.interval)
+        waited = run_queue_seconds(worker.pid)
         spy = None
         if args.profile:
             spy = start_profile(worker.pid, args.jobs * args.interval, home / "profile.txt")
@@ -228,6 +263,8 @@ def run(args: argparse.Namespace, home: Path, database: str) -> None:
             lambda: len(receiver.arrived) >= len(jobs), 120, "every notification", processes.check
         )
         load_after = load()
+        waited = run_queue_seconds(worker.pid) - waited
+        overshoot = json.loads(probe.communicate(timeout=60)[0])
         if spy is not None:
             spy.wait(60)
         time.sleep(2)  # let the last round finish before the idle measurement
@@ -239,6 +276,12 @@ def run(args: argparse.Namespace, home: Path, database: str) -> None:
         processes.stop()
         receiver.shutdown()
     report(args, home, database, jobs, receiver, floor, (load_before, load_after))
+    print(
+        f"  machine: a 5 ms sleep wakes late by p50 {percentile(overshoot, 0.5) * 1000:.1f} ms, "
+        f"p99 {percentile(overshoot, 0.99) * 1000:.1f} ms, max {max(overshoot) * 1000:.1f} ms "
+        f"(a probe process, same run); the worker's threads waited {waited:.2f} s in all for a "
+        "core while the jobs ran"
+    )
     worker_cpu = idle_after[0] - idle_before[0]
     web_cpu = idle_after[1] - idle_before[1]
     print(
@@ -287,10 +330,11 @@ def report(
         notify.append(receiver.arrived[job] - received[up])
 
     def row(name: str, values: list[float]) -> str:
-        p50, p99 = percentile(values, 0.5), percentile(values, 0.99)
+        p50, p90, p99 = (percentile(values, share) for share in (0.5, 0.9, 0.99))
+        slow = sum(value > 0.1 for value in values)
         return (
-            f"  {name:<52} p50 {p50 * 1000:7.1f} ms  p99 {p99 * 1000:7.1f} ms  "
-            f"max {max(values) * 1000:7.1f} ms"
+            f"  {name:<52} p50 {p50 * 1000:6.1f}  p90 {p90 * 1000:6.1f}  p99 {p99 * 1000:6.1f}  "
+            f"max {max(values) * 1000:6.1f} ms; {slow} over 100 ms"
         )
 
     print(
