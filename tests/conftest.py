@@ -28,7 +28,19 @@ WEBHOOK_SECRET = "test-webhook-secret"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 ENGINES = ("sqlite", "postgres")
 POSTGRES_MODULES = frozenset(
-    {"test_store", "test_api", "test_webhooks", "test_worker", "test_cli", "test_held_submits"}
+    {
+        "test_store",
+        "test_api",
+        "test_webhooks",
+        "test_worker",
+        "test_cli",
+        "test_held_submits",
+        "test_leases",
+        "test_notify_worker",
+        "test_notify_api",
+        "test_metrics",
+        "test_status",
+    }
 )
 # Tests that look at the SQLite file itself (same as marking them sqlite_only).
 SQLITE_ONLY = frozenset(

@@ -142,3 +142,75 @@ def test_a_submit_held_by_a_process_that_died_is_recorded_at_the_next_start(env,
     store.close()
     assert row is not None and row["upstream_id"] == answer["id"]
     assert not list(submission.held_submits(settings).glob("*.json"))
+
+
+def test_a_held_id_is_kept_even_when_the_watchdog_ended_the_job_meanwhile(env, sandbox):
+    create_app({**env, "TESTING": True})
+    settings = load_settings(env)
+    store = open_store(settings)
+    job_id = "vj_" + "1" * 24
+    now = time.time()
+    store.insert_job(
+        {
+            "id": job_id,
+            "callback_token": "token-1",
+            "client": "client",
+            "request_hash": "x",
+            "status": "submit_failed",
+            "submit_outcome": "ambiguous",
+            "error": "no callback revealed the upstream job within SUBMIT_TIMEOUT_SECONDS",
+            "model": PARAMS["model"],
+            "params": PARAMS,
+            "created_at": now - 7200,
+            "updated_at": now,
+            "finished_at": now,
+        }
+    )
+    folder = submission.held_submits(settings)
+    submission.accepted.hold(folder, job_id, {"id": "job-paid-for", "status": "pending"})
+
+    assert submission.record_held(store, settings) == 0
+
+    row = store.job(job_id)
+    store.close()
+    assert row["upstream_id"] == "job-paid-for"  # the paid job can be found upstream
+    assert row["status"] == "submit_failed"  # terminal statuses never change
+    assert "job-paid-for" in row["error"]
+    assert not list(folder.glob("*.json"))
+
+
+def test_a_held_file_this_database_cannot_take_is_kept_and_the_start_goes_on(env, sandbox):
+    create_app({**env, "TESTING": True})
+    settings = load_settings(env)
+    folder = submission.held_submits(settings)
+    stray = submission.accepted.hold(folder, "vj_not_in_this_database", {"id": "job-x"})
+
+    create_app({**env, "TESTING": True})  # starts, says why in the log, keeps the file
+
+    assert stray.exists()
+
+
+def test_an_answer_with_a_status_of_its_own_still_leaves_the_job_pending(env, sandbox):
+    create_app({**env, "TESTING": True})
+    settings = load_settings(env)
+    store = open_store(settings)
+    job_id = "vj_" + "2" * 24
+    now = time.time()
+    store.insert_job(
+        {
+            "id": job_id,
+            "callback_token": "token-2",
+            "client": "client",
+            "request_hash": "x",
+            "status": "submitting",
+            "model": PARAMS["model"],
+            "params": PARAMS,
+            "created_at": now,
+            "updated_at": now,
+        }
+    )
+    job = submission.record_accepted(
+        store, settings, job_id, {"id": "job-q", "status": "queued"}, now
+    )
+    store.close()
+    assert job["status"] == "pending" and job["upstream_id"] == "job-q"

@@ -31,9 +31,11 @@ def status() -> list[str]:
     return result.output.splitlines()
 
 
-def test_status_of_an_empty_database(cli_env):
+def test_status_of_an_empty_database(cli_env, engine):
     lines = status()
-    assert lines[0].startswith("database: SQLite file ")
+    assert lines[0].startswith(
+        "database: " + {"sqlite": "SQLite file ", "postgres": "PostgreSQL "}[engine]
+    )
     assert lines[1:] == [
         "jobs: 0",
         "due now: 0 polls, 0 downloads, 0 notifications",

@@ -458,3 +458,30 @@ def test_waiting_for_change_gives_up_at_the_timeout_or_when_stopped(store):
     waiter = store
     assert waiter.wait_for_change(0.2, lambda: False) is False
     assert waiter.wait_for_change(20.0, lambda: True) is False
+
+
+@pytest.mark.sqlite_only
+def test_a_frozen_process_holding_the_write_lock_makes_writes_fail_not_hang(tmp_path):
+    store = SqliteStore(tmp_path / "db.sqlite3", busy_timeout_ms=300)
+    store.migrate()
+    holder = subprocess.Popen(  # another process takes the lock file and then hangs
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('locked', flush=True)\n"
+            "time.sleep(60)\n",
+            str(tmp_path / "db.sqlite3.lock"),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        with pytest.raises(StoreUnavailable):
+            store.release_claims("anyone")
+    finally:
+        holder.kill()
+        holder.wait()
+    store.release_claims("anyone")  # and writes work again once it is gone

@@ -64,14 +64,36 @@ def held(folder: Path) -> list[tuple[str, dict[str, Any], Path]]:
     return found
 
 
-def drain(folder: Path, store: Store, record: Record) -> int:
-    """Record every held submit the database takes now; return how many are left."""
+def drain(folder: Path, store: Store, record: Record, kept: set[Path] | None = None) -> int:
+    """Record every held submit the database takes now; return how many wait for it.
+
+    A file is removed only once its job row holds the upstream id.  One that can
+    never be recorded here (its job is not in this database, say) is logged, left on
+    disk for an operator, added to ``kept`` and not counted.
+    """
+    kept = set() if kept is None else kept
     left = 0
     for job_id, answer, path in held(folder):
+        if path in kept:
+            continue
         try:
             record(store, job_id, answer)
+            job = store.job(job_id)
         except StoreUnavailable:
             left += 1
+            continue
+        except Exception:
+            log.exception("held submit %s (upstream id %s) not recorded", job_id, answer.get("id"))
+            kept.add(path)
+            continue
+        if job is None or job["upstream_id"] != answer.get("id"):
+            log.error(
+                "held submit %s (upstream id %s): the job row does not take it; %s kept",
+                job_id,
+                answer.get("id"),
+                path,
+            )
+            kept.add(path)
             continue
         path.unlink(missing_ok=True)
         log.info("recorded held submit of %s (upstream id %s)", job_id, answer.get("id"))
@@ -93,12 +115,13 @@ def drain_in_background(
 
         def loop() -> None:
             store: Store | None = None
+            kept: set[Path] = set()
             while True:
                 try:
                     store = store or open_store()
-                    if drain(folder, store, record) == 0:
+                    if drain(folder, store, record, kept) == 0:
                         with _drainers_lock:  # a submit held meanwhile finds no thread
-                            if not held(folder):
+                            if all(path in kept for _, _, path in held(folder)):
                                 del _drainers[key]
                                 return
                         continue

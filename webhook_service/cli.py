@@ -18,12 +18,14 @@ import httpx
 
 from . import events
 from .config import ConfigError, load_dotenv_file, load_settings
+from .logs import redact
 from .notifications.commands import notifications_group, send_sample
 from .sandbox.cli import sandbox_command
 from .signatures import sign
 from .store import Store, open_store
 
-STOP_DEADLINE_SECONDS = 9.5
+STOP_DEADLINE_SECONDS = 9.0
+RELEASE_SECONDS = 0.5
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,10 +80,14 @@ def worker(concurrency: int, lease_seconds: float | None) -> None:
         )
 
     def hard_stop() -> None:
-        try:
-            runner.store.release_claims(runner.owner)
-        finally:
-            os._exit(0)
+        # Release what we hold if the database lets us at once; leave on time regardless
+        # (claims that stay are taken over when their leases run out).
+        releasing = threading.Thread(
+            target=runner.store.release_claims, args=(runner.owner,), daemon=True
+        )
+        releasing.start()
+        releasing.join(RELEASE_SECONDS)
+        os._exit(0)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         runner.stop()
@@ -124,7 +130,14 @@ def list_events(
     for row in rows:
         received = datetime.fromtimestamp(row["received_at"], UTC).isoformat(timespec="seconds")
         if as_json:
-            row = dict(row, body=row["body"].decode("utf-8", "replace"), received_at=received)
+            # The callback token is a bearer secret for one job's receiver URL: never shown.
+            row = dict(
+                row,
+                body=bytes(row["body"]).decode("utf-8", "replace"),
+                received_at=received,
+                url=redact(row["url"] or "") or None,
+                callback_token="…" if row["callback_token"] else None,
+            )
             click.echo(json.dumps(row, sort_keys=True))
         else:
             click.echo(

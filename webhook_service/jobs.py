@@ -114,6 +114,17 @@ def transition(job: Mapping[str, Any], seen: Observation, now: float) -> Transit
             return Transition(
                 {"outputs_known": 1, "next_poll_at": None, "updated_at": now}, seen.output_count
             )
+        if status == SUBMIT_FAILED and seen.upstream_id and not job["upstream_id"]:
+            # Upstream did create (and charge for) the job after all: its status stays,
+            # but its id is kept, never lost, so the job can be found upstream.
+            note = f"; ModelGates did create it, as {seen.upstream_id}"
+            return Transition(
+                {
+                    "upstream_id": seen.upstream_id,
+                    "error": (job["error"] or "") + note,
+                    "updated_at": now,
+                }
+            )
         return None
 
     changes: dict[str, Any] = {}

@@ -191,23 +191,30 @@ def _record_until_it_sticks(
         try:
             return record_accepted(store, settings, job_id, answer, clock())
         except StoreUnavailable as error:
+            problem: Exception = error
             if time.monotonic() + pause > deadline:
-                unavailable = error
                 break
             log.warning("recording accepted submit %s failed (%s); retrying", job_id, error)
             time.sleep(pause)
             pause = min(pause * 2, 1.0)
-    folder = held_submits(settings)
-    accepted.hold(folder, job_id, answer)
+        except Exception as error:  # a bug: no point retrying, but the id must survive
+            log.exception("recording accepted submit %s failed", job_id)
+            problem = error
+            break
+    # Said first, so the id is in the logs whatever happens next.
     log.error(
-        "ModelGates accepted job %s as %s but the database is unavailable (%s); held in %s"
-        " and recorded when the database is back",
+        "ModelGates accepted job %s as %s but it could not be recorded (%s); holding it",
         job_id,
         answer.get("id"),
-        unavailable,
-        folder,
+        problem,
     )
-    accepted.drain_in_background(folder, lambda: open_store(settings), _recorder(settings))
+    folder = held_submits(settings)
+    try:
+        accepted.hold(folder, job_id, answer)
+    except OSError as error:
+        log.error("cannot hold accepted submit %s in %s: %s", job_id, folder, error)
+    else:
+        accepted.drain_in_background(folder, lambda: open_store(settings), _recorder(settings))
     raise ServiceError(
         "ModelGates accepted the job, but the database is unavailable; it will be recorded"
         " when the database is back. Do not resubmit it.",
@@ -250,20 +257,20 @@ def record_accepted(
     store: Store, settings: Settings, job_id: str, answer: Mapping[str, Any], now: float
 ) -> dict[str, Any]:
     """Record upstream's 202 answer and apply any callbacks that arrived before it."""
-    seen = jobs.Observation.from_upstream(
-        {**answer, "status": answer.get("status") or jobs.PENDING}, "submit"
-    )
+    status = answer.get("status")
+    if status not in (jobs.IN_PROGRESS, *jobs.UPSTREAM_TERMINAL):
+        status = jobs.PENDING  # accepted, whatever it called its first status
+    seen = jobs.Observation.from_upstream({**answer, "status": status}, "submit")
     with store.transaction():
         job = store.job(job_id)
-        assert job is not None
+        if job is None:
+            raise LookupError(f"no job {job_id} in this database")
         jobs.apply_observation(store, job, seen, now)
-        job = store.job(job_id)
-        assert job is not None
+        job = store.job(job_id) or job
         if not jobs.is_terminal(job["status"]):
             store.update_job(job_id, {"next_poll_at": now + settings.poll_after_seconds})
         events.apply_waiting(store, job_id, now)
-        final = store.job(job_id)
-    assert final is not None
+        final = store.job(job_id) or job
     return final
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from . import jobs
 from .config import Settings
 from .downloads import DownloadAborted, fetch
-from .media import open_media
+from .media import PartialObject, open_media
 from .modelgates import APIError, ModelGatesClient, ModelGatesError, RequestRefused
 from .notifications.sender import Sender
 from .store import Store, StoreUnavailable, open_store
@@ -42,7 +42,8 @@ POLLS_PER_ROUND = 50
 IDLE_SECONDS = 0.5
 SHUTDOWN_GRACE_SECONDS = 7.0
 SENDERS = 4  # notifications sent at once
-HEARTBEAT_SECONDS = 0.5  # how often running downloads' leases are looked at
+HEARTBEAT_SECONDS = 0.5
+RECORD_RETRY_SECONDS = 0.5  # how often running downloads' leases are looked at
 
 
 def poll_delay(
@@ -175,7 +176,7 @@ class Worker:
         log.info("worker %s started", self.owner)
         try:
             record_held(self.store, self.settings)
-        except StoreUnavailable as error:
+        except Exception as error:
             log.warning("held submits not recorded yet: %s", error)
         while not self.stopping.is_set():
             try:
@@ -186,19 +187,23 @@ class Worker:
             if not busy:
                 try:  # woken within milliseconds when a callback or download commits
                     self.store.wait_for_change(IDLE_SECONDS, self.stopping.is_set)
-                except StoreUnavailable:
+                except Exception as error:
+                    log.warning("waiting for work failed: %s", error)
                     self.stopping.wait(IDLE_SECONDS)
         stuck = wait_for(self._in_flight, timeout=SHUTDOWN_GRACE_SECONDS).not_done
-        for future in stuck:
-            output = self._in_flight[future]
-            self.store.finish_output_claim(
-                output["job_id"], output["idx"], output["fence"], {"status": "pending"}
-            )
-        self._pool.shutdown(wait=not stuck, cancel_futures=True)
         sending = wait_for(self._sending, timeout=1.0).not_done
-        for future in sending:  # a stuck attempt keeps its number: the next one is new
-            claim = self._sending[future]
-            self.store.finish_notification_claim(claim["job_id"], claim["fence"], {})
+        try:  # release what is stuck; if the database is away, the leases run out instead
+            for future in stuck:
+                output = self._in_flight[future]
+                self.store.finish_output_claim(
+                    output["job_id"], output["idx"], output["fence"], {"status": "pending"}
+                )
+            for future in sending:  # a stuck attempt keeps its number: the next one is new
+                claim = self._sending[future]
+                self.store.finish_notification_claim(claim["job_id"], claim["fence"], {})
+        except Exception as error:
+            log.warning("could not release claims at stop: %s", error)
+        self._pool.shutdown(wait=not stuck, cancel_futures=True)
         self._send_pool.shutdown(wait=False, cancel_futures=True)
         log.info("worker %s stopped%s", self.owner, f", abandoning {len(stuck)}" if stuck else "")
         return not stuck
@@ -329,16 +334,15 @@ class Worker:
                 output, f"cannot store the video in {self.media.describe()}: {error}"
             )
             return
-        with store.transaction():
-            claimed = store.update_output(job_id, index, {"status": "downloading"}, fence)
         lease = _Lease(job_id, index, fence, self.clock())
-        if claimed:
+        try:
+            with store.transaction():
+                claimed = store.update_output(job_id, index, {"status": "downloading"}, fence)
+            if not claimed:
+                raise DownloadAborted("claim lost before the download started")
             with self._leases_lock:
                 self._leases[(job_id, index)] = lease
             self._ensure_heartbeat()
-        try:
-            if not claimed:
-                raise DownloadAborted("claim lost before the download started")
 
             def keep_going() -> bool:
                 return not (self.stopping.is_set() or lease.lost.is_set())
@@ -362,33 +366,52 @@ class Worker:
             gone = isinstance(error, RequestRefused) and error.status in (404, 410)
             self._failed_attempt(output, str(error), gone and self._expired_upstream(job))
             return
+        except BaseException:  # the database went away, a bug: leave no part behind
+            target.discard()
+            raise
         finally:
             with self._leases_lock:
                 self._leases.pop((job_id, index), None)
-        now = self.clock()
-        with store.transaction():
-            recorded = store.finish_output_claim(
-                job_id,
-                index,
-                fence,
-                {
-                    "status": "downloaded",
-                    "bytes": target.size,
-                    "sha256": target.sha256,
-                    "file_name": self.media.name(job_id, index),
-                    "error": None,
-                    "next_attempt_at": None,
-                    "updated_at": now,
-                },
-            )
-            if recorded:
-                jobs.queue_notification(store, job_id, now)
+        recorded = self._record_download(output, target)
         if recorded:
             log.info(
                 "downloaded %s/%s: %d bytes sha256 %s", job_id, index, target.size, target.sha256
             )
         else:  # the same bytes under the same name: the worker that took over records them
             log.warning("downloaded %s/%s but its claim was taken over meanwhile", job_id, index)
+
+    def _record_download(self, output: dict[str, Any], target: PartialObject) -> bool:
+        """Record a stored output, retrying while the database is away and the lease holds.
+
+        Giving up early would have the output fetched from upstream a second time.
+        """
+        job_id, index, fence = output["job_id"], output["idx"], output["fence"]
+        holds_until = self.clock() + self.lease_seconds
+        while True:
+            now = self.clock()
+            try:
+                with self.store.transaction():
+                    recorded = self.store.finish_output_claim(
+                        job_id,
+                        index,
+                        fence,
+                        {
+                            "status": "downloaded",
+                            "bytes": target.size,
+                            "sha256": target.sha256,
+                            "file_name": self.media.name(job_id, index),
+                            "error": None,
+                            "next_attempt_at": None,
+                            "updated_at": now,
+                        },
+                    )
+                    if recorded:
+                        jobs.queue_notification(self.store, job_id, now)
+                return recorded
+            except StoreUnavailable as error:
+                if self.clock() >= holds_until or self.stopping.wait(RECORD_RETRY_SECONDS):
+                    raise
+                log.warning("recording download %s/%s failed (%s); retrying", job_id, index, error)
 
     def _ensure_heartbeat(self) -> None:
         with self._leases_lock:
@@ -418,7 +441,7 @@ class Worker:
                     kept = self.store.renew_output_lease(
                         lease.job_id, lease.index, lease.fence, now + self.lease_seconds
                     )
-                except StoreUnavailable as error:
+                except Exception as error:  # the heartbeat must outlive a bad moment
                     log.warning("lease renewal failed: %s", error)
                     continue
                 if kept:

@@ -183,6 +183,7 @@ class SqliteStore(Store):
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
         self._write_lock = WriteLock.for_database(self.path)
+        self._busy_timeout = busy_timeout_ms / 1000
 
     def __repr__(self) -> str:
         return f"<SqliteStore {self.path}>"
@@ -219,17 +220,20 @@ class SqliteStore(Store):
             with self.db.atomic():
                 yield self
             return
-        with self._write_lock:
+        if not self._write_lock.acquire(self._busy_timeout):
+            raise StoreUnavailable(f"SQLite: {self.path} stayed locked by another process")
+        try:
+            self.db.conn.execute("BEGIN IMMEDIATE")
             try:
-                self.db.conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self
-                    self.db.conn.execute("COMMIT")
-                except BaseException:
-                    self.db.rollback()  # also when COMMIT itself failed: never leave one open
-                    raise
-            except sqlite3.OperationalError as error:  # locked past the timeout, disk I/O
-                raise StoreUnavailable(f"SQLite: {error}") from error
+                yield self
+                self.db.conn.execute("COMMIT")
+            except BaseException:
+                self.db.rollback()  # also when COMMIT itself failed: never leave one open
+                raise
+        except sqlite3.OperationalError as error:  # locked past the timeout, disk I/O
+            raise StoreUnavailable(f"SQLite: {error}") from error
+        finally:
+            self._write_lock.release()
 
     def batched(self, work: Callable[[Store], T]) -> T:
         """Run a short write in a transaction shared with other threads' writes."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,8 @@ class WriteLock:
     SQLite's busy handler waits by sleeping and retrying, which under load turns
     into latency spikes of hundreds of milliseconds.  Queuing writers on a lock
     file with flock (and a thread lock inside the process) hands the write lock
-    over the moment it is released instead.
+    over as soon as it is released instead.  Waiting is bounded (`acquire`'s
+    timeout): a frozen process holding the lock makes writers fail, not hang.
     """
 
     _locks: dict[str, WriteLock] = {}
@@ -48,19 +50,33 @@ class WriteLock:
                 cls._locks[key] = cls(key + ".lock")
             return cls._locks[key]
 
-    def __enter__(self) -> None:
-        self._thread_lock.acquire()
+    def acquire(self, timeout: float) -> bool:
+        """Take the lock within ``timeout`` seconds; False when it could not be had."""
+        deadline = time.monotonic() + timeout
+        if not self._thread_lock.acquire(timeout=timeout):
+            return False
         try:
             if self._pid != os.getpid():  # a forked child must not share its parent's lock
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
                 self._pid = os.getpid()
             assert self._fd is not None
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            pause = 0.0002
+            while True:
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return True
+                except BlockingIOError:
+                    if time.monotonic() + pause > deadline:
+                        self._thread_lock.release()
+                        return False
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.002)
         except BaseException:
             self._thread_lock.release()
             raise
 
-    def __exit__(self, *exc: object) -> None:
+    def release(self) -> None:
+        """Let the next writer in."""
         assert self._fd is not None
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         self._thread_lock.release()

@@ -70,7 +70,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     """Validate, then submit upstream once (or replay an Idempotency-Key's job)."""
     params = _validated_body()
     settings = context.settings()
-    notify_url = _notify_url(params.pop("notify_url", None) or settings.notify_url)
+    notify_url = params.pop("notify_url", None) or settings.notify_url
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
         raise ValidationError(
@@ -82,6 +82,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
         existing = submission.replayed(store, g.client_id, key, params, notify_url)
         if existing is not None:
             return _job_answer(store, existing, 200)
+    _check_notify_url(notify_url)  # after the replay: a retry never waits on DNS
     if settings.public_base_url is None:
         raise NotConfigured("PUBLIC_BASE_URL is not configured.")
     services = context.services()
@@ -93,13 +94,16 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     return _job_answer(store, job, 202 if created else 200)
 
 
-def _notify_url(url: str | None) -> str | None:
-    """Vet a notification URL (422 when refused); 503 when notifications cannot be signed."""
+def _check_notify_url(url: str | None) -> None:
+    """Vet a notification URL (422 when refused); 503 when notifications cannot be signed.
+
+    The URL is kept as given: every delivery vets it again, address included.
+    """
     if url is None:
-        return None
+        return
     settings = context.settings()
     try:
-        vetted = check_notify_url(
+        check_notify_url(
             url,
             allow_http=settings.allow_insecure_callbacks,
             allow_private=settings.allow_private_notify_urls,
@@ -108,7 +112,6 @@ def _notify_url(url: str | None) -> str | None:
         raise ValidationError(details={"notify_url": [str(error)]}) from None
     if settings.notify_signing_secret is None:
         raise NotConfigured("NOTIFY_SIGNING_SECRET is not set: notifications cannot be signed.")
-    return vetted
 
 
 def _job_answer(

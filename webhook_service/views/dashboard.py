@@ -265,7 +265,7 @@ def _event_view(event: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@bp.post("/events/<int:event_id>/replay")
+@bp.post("/events/<int(max=9223372036854775807):event_id>/replay")
 def replay(event_id: int) -> BaseResponse:
     """Run a stored callback through the state machine again."""
     try:
@@ -276,7 +276,7 @@ def replay(event_id: int) -> BaseResponse:
     return redirect(_next_page(url_for("dashboard.callbacks")))
 
 
-@bp.get("/jobs/<job_id>/videos/<int:index>")
+@bp.get("/jobs/<job_id>/videos/<int(max=9223372036854775807):index>")
 def video(job_id: str, index: int) -> BaseResponse:
     """A downloaded video for the page's <video> element (Range, or a pre-signed redirect)."""
     store = context.store()
