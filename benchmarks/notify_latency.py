@@ -55,6 +55,7 @@ from engines import (  # noqa: E402
     percentile,
     postgres_server,
     query,
+    spread,
     start_profile,
     summarise_profile,
 )
@@ -190,17 +191,45 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="sample the worker with py-spy while jobs run"
     )
+    parser.add_argument("--repeats", type=int, default=3, help="whole runs, each on a fresh deploy")
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="notify-bench-"))
-    try:
-        with postgres_server() if args.engine == "postgres" else nullcontext() as create_pg:
-            database = create_pg("notify") if create_pg else str(home / "webhook_service.sqlite3")
-            run(args, home, database)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+    runs: list[dict[str, float]] = []
+    with postgres_server() if args.engine == "postgres" else nullcontext() as create_pg:
+        for number in range(args.repeats):
+            home = Path(tempfile.mkdtemp(prefix="notify-bench-"))
+            try:
+                database = (
+                    create_pg(f"notify{number}")
+                    if create_pg
+                    else str(home / "webhook_service.sqlite3")
+                )
+                runs.append(run(args, home, database, profile=args.profile and number == 0))
+            finally:
+                shutil.rmtree(home, ignore_errors=True)
+    print(
+        f"\nsummary, engine {args.engine}: median (min-max) over {len(runs)} runs of "
+        f"{args.jobs} jobs each"
+    )
+    for key, label in SUMMARY:
+        print(f"  {label:<58} {spread([r[key] for r in runs], '{:.1f}')}")
+    print(f"\nreproduce: {command_line()}")
 
 
-def run(args: argparse.Namespace, home: Path, database: str) -> None:
+SUMMARY = (
+    ("wake_p50", "callback stored -> first content request, p50 ms"),
+    ("wake_p99", "callback stored -> first content request, p99 ms"),
+    ("wake204_p50", "callback 204 -> first content request, p50 ms"),
+    ("wake204_p99", "callback 204 -> first content request, p99 ms"),
+    ("notify_p50", "callback stored -> notification arrives, p50 ms"),
+    ("notify_p99", "callback stored -> notification arrives, p99 ms"),
+    ("probe_p99", "machine: 5 ms sleep overshoot, p99 ms"),
+    ("idle_worker", "idle worker CPU, % of a core"),
+    ("idle_web", "idle web line CPU, % of a core"),
+)
+
+
+def run(args: argparse.Namespace, home: Path, database: str, profile: bool) -> dict[str, float]:
+    """Deploy, run the jobs, print this run's figures and return them."""
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
     receiver = Receiver(secret)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
@@ -240,7 +269,7 @@ def run(args: argparse.Namespace, home: Path, database: str) -> None:
         probe = start_probe(args.jobs * args.interval)
         waited = run_queue_seconds(worker.pid)
         spy = None
-        if args.profile:
+        if profile:
             spy = start_profile(worker.pid, args.jobs * args.interval, home / "profile.txt")
         with httpx.Client(
             base_url=web_url, timeout=30, headers={"Authorization": f"Bearer {API_TOKEN}"}
@@ -275,7 +304,7 @@ def run(args: argparse.Namespace, home: Path, database: str) -> None:
     finally:
         processes.stop()
         receiver.shutdown()
-    report(args, home, database, jobs, receiver, floor, (load_before, load_after))
+    figures = report(args, home, database, jobs, receiver, floor, (load_before, load_after))
     print(
         f"  machine: a 5 ms sleep wakes late by p50 {percentile(overshoot, 0.5) * 1000:.1f} ms, "
         f"p99 {percentile(overshoot, 0.99) * 1000:.1f} ms, max {max(overshoot) * 1000:.1f} ms "
@@ -289,10 +318,15 @@ def run(args: argparse.Namespace, home: Path, database: str) -> None:
         f"({100 * worker_cpu / args.idle_seconds:.2f} % of a core); web line (arbiter + 2 workers) "
         f"{web_cpu:.2f} CPU s ({100 * web_cpu / args.idle_seconds:.2f} %)"
     )
-    if args.profile:
+    if profile:
         print(f"\npy-spy, the worker process, while the {len(jobs)} jobs ran:")
         print(summarise_profile(home / "profile.txt"))
-    print(f"\nreproduce: {command_line()}")
+    return {
+        **figures,
+        "probe_p99": percentile(overshoot, 0.99) * 1000,
+        "idle_worker": 100 * worker_cpu / args.idle_seconds,
+        "idle_web": 100 * web_cpu / args.idle_seconds,
+    }
 
 
 def report(
@@ -303,7 +337,7 @@ def report(
     receiver: Receiver,
     floor: float,
     loads: tuple[str, str],
-) -> None:
+) -> dict[str, float]:
     upstream = dict(query(database, "SELECT id, upstream_id FROM jobs"))
     received = dict(
         query(
@@ -347,6 +381,11 @@ def report(
     print(row("callback 204 (sandbox's clock) -> first content request", wake_204))
     print(row("callback stored (received_at) -> notification arrives", notify))
     print(f"  notifications that failed verification: {receiver.unverified}")
+    figures = {}
+    for key, values in (("wake", wake), ("wake204", wake_204), ("notify", notify)):
+        figures[f"{key}_p50"] = percentile(values, 0.5) * 1000
+        figures[f"{key}_p99"] = percentile(values, 0.99) * 1000
+    return figures
 
 
 if __name__ == "__main__":
