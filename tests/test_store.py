@@ -485,3 +485,14 @@ def test_a_frozen_process_holding_the_write_lock_makes_writes_fail_not_hang(tmp_
         holder.kill()
         holder.wait()
     store.release_claims("anyone")  # and writes work again once it is gone
+
+
+def test_callback_counts_keep_the_verdict_at_receipt_so_they_never_go_down(store):
+    assert receive(store, completed_body("job-later")).verdict == "waiting"
+    counted = store.metrics(time.time(), (1.0,))["callbacks"]
+    assert counted == {"waiting": 1}
+    with store.transaction():
+        store.insert_job(a_job("vj_later", upstream_id="job-later"))
+        assert events.apply_waiting(store, "vj_later", time.time()) == 1
+    assert store.list_events()[0]["verdict"] == "applied"
+    assert store.metrics(time.time(), (1.0,))["callbacks"] == counted  # a counter never drops

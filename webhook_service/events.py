@@ -139,6 +139,7 @@ def receive(
         row.update(
             dedup_key="rejected:" + hashlib.sha256(body).hexdigest(),
             verdict="rejected",
+            received_verdict="rejected",
             reason=str(error),
         )
         event_id = store.batched(lambda store: store.insert_event(row))
@@ -159,6 +160,7 @@ def receive(
             event_id,
             {
                 "verdict": verdict,
+                "received_verdict": verdict,  # never changes again: what /metrics counts
                 "job_id": job_id,
                 "applied_at": now if verdict in PROCESSED else None,
             },
@@ -174,7 +176,9 @@ def receive(
         log.exception("applying event for %s failed; kept for replay", envelope.upstream_id)
         reason = f"{type(error).__name__}: {error}"
         event_id = store.batched(
-            lambda store: store.insert_event({**row, "verdict": "error", "reason": reason})
+            lambda store: store.insert_event(
+                {**row, "verdict": "error", "received_verdict": "error", "reason": reason}
+            )
         )
         return Receipt(event_id, "error", reason)
 

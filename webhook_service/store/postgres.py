@@ -186,6 +186,14 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     ),
     # Observability: seconds from upstream's event created_at to our receiving it.
     ("m003_event_lag", ["ALTER TABLE events ADD COLUMN lag_seconds DOUBLE PRECISION"]),
+    # The verdict at receipt never changes (a replay changes `verdict`): counters count it.
+    (
+        "m004_received_verdict",
+        [
+            "ALTER TABLE events ADD COLUMN received_verdict TEXT",
+            "UPDATE events SET received_verdict = verdict",
+        ],
+    ),
 ]
 
 _COLUMN = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -870,7 +878,10 @@ class PostgresStore(Store):
 
     def metrics(self, now: float, lag_buckets: tuple[float, ...]) -> Row:
         """Return the counters and gauges ``/metrics`` exposes (see `Store.metrics`)."""
-        callbacks = self._all("SELECT verdict, count(*) AS n FROM events GROUP BY verdict")
+        callbacks = self._all(
+            "SELECT received_verdict AS verdict, count(*) AS n FROM events"
+            " GROUP BY received_verdict"
+        )
         finished = self._all(
             "SELECT model, status, coalesce(completion_source, 'submit') AS source,"
             " count(*) AS count FROM jobs WHERE finished_at IS NOT NULL"

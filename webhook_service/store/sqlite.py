@@ -163,6 +163,17 @@ def m003_event_lag(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE events ADD COLUMN lag_seconds REAL")
 
 
+@migrations()
+def m004_received_verdict(db: sqlite_utils.Database) -> None:
+    # The verdict at receipt never changes (a replay changes `verdict`): counters count it.
+    db.executescript(
+        """
+        ALTER TABLE events ADD COLUMN received_verdict TEXT;
+        UPDATE events SET received_verdict = verdict;
+        """
+    )
+
+
 class SqliteStore(Store):
     """The store on one SQLite file, through one connection (one per thread)."""
 
@@ -616,7 +627,9 @@ class SqliteStore(Store):
     def metrics(self, now: float, lag_buckets: tuple[float, ...]) -> Row:
         """Return the counters and gauges ``/metrics`` exposes (see `Store.metrics`)."""
         callbacks = dict(
-            self._execute("SELECT verdict, count(*) FROM events GROUP BY verdict").fetchall()
+            self._execute(
+                "SELECT received_verdict, count(*) FROM events GROUP BY received_verdict"
+            ).fetchall()
         )
         finished = self._all(
             "SELECT model, status, coalesce(completion_source, 'submit') AS source,"
