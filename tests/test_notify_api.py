@@ -131,3 +131,14 @@ def test_a_job_through_the_sandbox_notifies_the_client_once_downloaded(
         "last_status": 200,
         "last_error": None,
     }
+
+
+@pytest.mark.parametrize(
+    "url", ["https://10.0.0.5/hook", "https://[::1]/hook", "https://localhost/x"]
+)
+def test_a_notify_url_default_that_every_submit_would_refuse_stops_the_start(env, url):
+    from webhook_service import create_app
+    from webhook_service.config import ConfigError
+
+    with pytest.raises(ConfigError, match="NOTIFY_URL"):
+        create_app({**env, "NOTIFY_URL": url, "TESTING": True})

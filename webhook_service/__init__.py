@@ -10,6 +10,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import context, errors, logs, submission
+from .addresses import NotifyURLError, check_notify_url
 from .config import ConfigError, Settings, load_settings
 from .media import MediaError, MediaStorage, open_media
 from .store import StoreUnavailable, open_store
@@ -62,6 +63,15 @@ def prepare(settings: Settings, environ: Mapping[str, str]) -> MediaStorage:
     Raises ConfigError, one line, when either cannot be used.
     """
     _prepare_folders(settings)
+    if settings.notify_url is not None:
+        try:  # every submit would be refused for it: say so at start instead
+            check_notify_url(
+                settings.notify_url,
+                allow_http=settings.allow_insecure_callbacks,
+                allow_private=settings.allow_private_notify_urls,
+            )
+        except NotifyURLError as error:
+            raise ConfigError(f"NOTIFY_URL: {error}") from None
     try:
         migrations = open_store(settings)
         try:
