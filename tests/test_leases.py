@@ -182,3 +182,57 @@ def test_a_stalled_download_whose_claim_was_taken_over_never_commits(
     assert store.output("vj_1", 0) == done  # nothing the stalled worker did reached the row
     with taker.media.open("vj_1", 0) as stored:
         assert stored.read() == good_bytes  # nor the stored file
+
+
+def test_a_stale_download_that_then_fails_writes_nothing(settings, store, hostile_upstream):
+    good_bytes = b"g" * (1024 * 1024)
+    released = threading.Event()
+    hostile_upstream.on(
+        "GET",
+        "/videos/job-1/content",
+        Answer.error(404, hold_after=0, gate=released),  # the stalled worker's answer
+        ranged_file(good_bytes),
+    )
+    hostile_upstream.on("GET", "/videos/job-1", Answer.json({"id": "job-1", "status": "expired"}))
+    add_job(store, status="completed", next_poll_at=None, outputs=1)
+    stalled = make_worker(settings, Clock(T0), "stalled")
+    stalled.run_once(T0, wait=False)
+    wait_until(lambda: len(hostile_upstream.seen("GET", "/videos/job-1/content")) == 1)
+
+    later = T0 + LEASE + 1
+    taker = make_worker(settings, Clock(later), "taker")
+    taker.run_once(later)
+    done = store.output("vj_1", 0)
+    assert done["status"] == "downloaded" and done["lease_owner"] is None
+
+    released.set()  # the stalled download now fails, and upstream even says "expired"
+    wait_until(lambda: all(future.done() for future in stalled._in_flight))
+    stalled.stop()
+    assert len(hostile_upstream.seen("GET", "/videos/job-1")) == 1  # it did reach its decision
+    assert store.output("vj_1", 0) == done  # which was not recorded over the new claim's
+
+
+def test_a_download_whose_claim_was_taken_over_stops_renewing_it(settings, store, hostile_upstream):
+    video = b"v" * (1024 * 1024)
+    released = threading.Event()
+    hostile_upstream.on(
+        "GET", "/videos/job-1/content", ranged_file(video, hold_after=1024, gate=released)
+    )
+    add_job(store, status="completed", next_poll_at=None, outputs=1)
+    clock = Clock(T0)
+    stalled = make_worker(settings, clock, "stalled")
+    stalled.run_once(T0, wait=False)
+    wait_until(lambda: store.output("vj_1", 0)["status"] == "downloading")
+    [lease] = stalled._leases.values()
+
+    later = T0 + LEASE + 1  # the stalled worker's clock stood still: its lease ran out
+    [taken] = store.claim_due_outputs("taker", later, later + LEASE, 1)
+    clock.now = later + LEASE  # now its heartbeat tries to renew, with its old fence
+    wait_until(lambda: lease.lost.is_set())
+    row = store.output("vj_1", 0)
+    assert (row["lease_owner"], row["fence"]) == ("taker", taken["fence"])
+    assert row["lease_expires_at"] == later + LEASE  # the new claim's lease, not extended
+    released.set()
+    wait_until(lambda: all(future.done() for future in stalled._in_flight))
+    stalled.stop()
+    assert store.output("vj_1", 0)["status"] == "downloading"  # the taker's, untouched

@@ -2,7 +2,13 @@ import json
 
 import pytest
 
-from webhook_service.signatures import SignatureError, sign, verify
+from webhook_service.signatures import (
+    MAX_HEADER_LENGTH,
+    MAX_TIMESTAMP_DIGITS,
+    SignatureError,
+    sign,
+    verify,
+)
 
 VECTOR_BODY = b'{"type":"video.generation.completed","data":{"id":"job_1","status":"completed"}}'
 VECTOR_HEADER = "t=1700000000,v1=fba3d730d3adecd9b7889fc87e14dad17a883f58ceea26906b3d9063bd2c4742"
@@ -90,7 +96,7 @@ def test_empty_secrets_never_verify():
         ("t=1700000000," + ",".join(["v1=" + "0" * 64] * 100), "too long"),
         ("t=1700000000,v1=" + "0" * 100_000, "too long"),
     ],
-    ids=lambda value: value[:24],
+    ids=["hex-e", "nul", "4000-digits", "13-digits", "arabic", "two-t", "100-v1", "long-v1"],
 )
 def test_hostile_headers_are_signature_errors_never_other_exceptions(header, reason):
     with pytest.raises(SignatureError, match=reason):
@@ -107,3 +113,26 @@ def test_a_second_timestamp_cannot_smuggle_a_replay():
     header = f"{old},t={NOW}"
     with pytest.raises(SignatureError, match="more than one t="):
         verify(VECTOR_BODY, {"X-OpenRouter-Signature": header}, ["dev_secret"], NOW)
+
+
+def test_the_matching_secret_or_signature_may_come_first():
+    assert verify(
+        VECTOR_BODY, {"X-OpenRouter-Signature": VECTOR_HEADER}, ["dev_secret", "new"], NOW
+    )
+    other = sign("new", NOW, VECTOR_BODY).split(",")[1]
+    header = f"{VECTOR_HEADER},{other}"  # upstream signs with the current and the next secret
+    assert verify(VECTOR_BODY, {"X-OpenRouter-Signature": header}, ["dev_secret"], NOW) == NOW
+
+
+def test_a_header_of_exactly_the_longest_length_still_verifies():
+    padded = VECTOR_HEADER + "," + "x" * (MAX_HEADER_LENGTH - len(VECTOR_HEADER) - 1)
+    assert len(padded) == MAX_HEADER_LENGTH
+    assert verify(VECTOR_BODY, {"X-OpenRouter-Signature": padded}, ["dev_secret"], NOW) == NOW
+    with pytest.raises(SignatureError, match="too long"):
+        verify(VECTOR_BODY, {"X-OpenRouter-Signature": padded + "x"}, ["dev_secret"], NOW)
+
+
+def test_a_timestamp_of_the_most_digits_allowed_is_read():
+    far = 10**MAX_TIMESTAMP_DIGITS - 1  # as many digits as a timestamp may have
+    header = sign("dev_secret", far, VECTOR_BODY)
+    assert verify(VECTOR_BODY, {"X-OpenRouter-Signature": header}, ["dev_secret"], far) == far
