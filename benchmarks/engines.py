@@ -133,7 +133,7 @@ def start_profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes
 IDLE_FRAMES = (
     "futures/thread.py:_worker",  # a pool thread waiting for work
     "threading.py:Condition.wait",
-    "sqlite.py:SqliteStore.wait_for_change",  # the worker's idle wait
+    "sqlite.py:SqliteStore.wait_for_change",  # the worker's idle wait (its time.sleep)
     "selectors.py:EpollSelector.select",  # gunicorn's and psycopg's idle waits
     "selectors.py:PollSelector.select",
     "socket.py:socket.accept",
@@ -162,7 +162,7 @@ def summarise_profile(raw: Path, top: int = 12) -> str:
         count = int(count_text)
         names = [_frame_name(frame) for frame in stack.split(";")[2:]] or ["(no python frame)"]
         samples += count
-        if names[-1] in IDLE_FRAMES:
+        if names[-1].endswith(IDLE_FRAMES):
             idle += count
             continue
         own[names[-1]] += count
