@@ -236,3 +236,54 @@ def test_a_download_whose_claim_was_taken_over_stops_renewing_it(settings, store
     wait_until(lambda: all(future.done() for future in stalled._in_flight))
     stalled.stop()
     assert store.output("vj_1", 0)["status"] == "downloading"  # the taker's, untouched
+
+
+def test_a_download_after_the_heartbeat_went_idle_starts_it_again(
+    settings, store, hostile_upstream
+):
+    video = b"v" * 4096
+    hostile_upstream.on("GET", "/videos/job-1/content", ranged_file(video))
+    add_job(store, status="completed", next_poll_at=None, outputs=2)
+    store.update_output("vj_1", 1, {"next_attempt_at": T0 + 3600})  # not due yet
+    worker = make_worker(settings, Clock(T0), "w")
+    worker.run_once(T0)
+    assert store.output("vj_1", 0)["status"] == "downloaded"
+
+    def heartbeat_running() -> bool:
+        return any(t.name == "lease-heartbeat" and t.is_alive() for t in threading.enumerate())
+
+    wait_until(lambda: not heartbeat_running())  # nothing to renew: it stopped
+    worker.clock = Clock(T0 + 3600)
+    worker.run_once(T0 + 3600)
+    worker.stop()
+    assert store.output("vj_1", 1)["status"] == "downloaded"
+    assert store.output("vj_1", 1)["bytes"] == len(video)
+
+
+def test_one_lost_claim_does_not_stop_the_others_from_being_renewed(
+    settings, store, hostile_upstream
+):
+    video = b"v" * (1024 * 1024)
+    released = threading.Event()
+    hostile_upstream.on(
+        "GET", "/videos/job-1/content", ranged_file(video, hold_after=1024, gate=released)
+    )
+    add_job(store, status="completed", next_poll_at=None, outputs=2)
+    clock = Clock(T0)
+    worker = make_worker(settings, clock, "w")
+    worker.run_once(T0, wait=False)
+    wait_until(lambda: len(worker._leases) == 2)
+    (_, lost_index), (_, kept_index) = list(worker._leases)  # the first looked at is lost
+    fence = store.output("vj_1", lost_index)["fence"]
+    store.update_output("vj_1", lost_index, {"lease_owner": "thief", "fence": fence + 1})
+
+    clock.now = T0 + LEASE / 2
+    wait_until(lambda: store.output("vj_1", kept_index)["lease_expires_at"] == clock.now + LEASE)
+    clock.now = T0 + LEASE  # the kept download is due again, behind the lost one
+    wait_until(lambda: store.output("vj_1", kept_index)["lease_expires_at"] == clock.now + LEASE)
+    assert store.output("vj_1", lost_index)["lease_owner"] == "thief"
+    released.set()
+    wait_until(lambda: all(future.done() for future in worker._in_flight))
+    worker.stop()
+    assert store.output("vj_1", kept_index)["status"] == "downloaded"
+    assert store.output("vj_1", lost_index)["lease_owner"] == "thief"

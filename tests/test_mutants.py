@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 
 from webhook_service import create_app
 from webhook_service.config import load_settings
+from webhook_service.downloads import BodyMismatch, fetch
+from webhook_service.media import PartialFile
 from webhook_service.modelgates import ModelGatesClient
 from webhook_service.store import open_store
 from webhook_service.worker import DOWNLOAD_CAP_SECONDS, Worker, download_delay
@@ -160,3 +162,86 @@ def test_download_delay_at_its_edges():
     assert download_delay(3, lambda: 1.0) == 8.0
     assert download_delay(3, lambda: 0.5) == 6.0
     assert download_delay(40, lambda: 1.0) == DOWNLOAD_CAP_SECONDS
+
+
+def add_submitting_job(store, created_at):
+    """A job whose submit answer was never recorded, due for the worker's look."""
+    with store.transaction():
+        store.insert_job(
+            {
+                "id": "vj_1",
+                "upstream_id": None,
+                "callback_token": "token-1",
+                "client": "client",
+                "request_hash": "x",
+                "status": "submitting",
+                "model": "google/veo-3.1",
+                "params": {"model": "google/veo-3.1"},
+                "created_at": created_at,
+                "updated_at": created_at,
+                "next_poll_at": created_at,
+            }
+        )
+
+
+@pytest.mark.parametrize(
+    "age, status, outcome, next_poll",
+    [
+        (1.0, "submitting", None, 660.0),  # in flight: look again once it must have died
+        (660.0, "submitting", "ambiguous", 3600.0),  # died: wait for a callback until the end
+        (3599.0, "submitting", "ambiguous", 3600.0),  # a second early: not failed yet
+        (3600.0, "submit_failed", None, None),  # SUBMIT_TIMEOUT_SECONDS: failed, not resubmitted
+    ],
+)
+def test_a_submit_never_answered_is_failed_exactly_at_its_timeout(
+    settings, store, age, status, outcome, next_poll
+):
+    assert (settings.submit_timeout_seconds, settings.upstream_timeout_seconds) == (3600, 60)
+    add_submitting_job(store, T0)
+    worker_at(settings, T0 + age).run_once(T0 + age)
+    job = store.job("vj_1")
+    assert (job["status"], job["submit_outcome"]) == (status, outcome)
+    assert job["next_poll_at"] == (None if next_poll is None else T0 + next_poll)
+    assert job["upstream_id"] is None and job["lease_owner"] is None
+    if status == "submit_failed":
+        assert "not resubmitted" in job["error"] and job["finished_at"] == T0 + age
+
+
+class HighWater:
+    """A partial file that remembers the most bytes it ever held."""
+
+    def __init__(self, path) -> None:
+        self.file = PartialFile(path, fence=1)
+        self.most = 0
+
+    @property
+    def size(self) -> int:
+        return self.file.size
+
+    def write(self, chunk: bytes) -> None:
+        self.file.write(chunk)
+        self.most = max(self.most, self.file.size)
+
+    def restart(self) -> None:
+        self.file.restart()
+
+
+def test_a_body_running_past_its_announced_end_is_never_written_past_it(hostile_upstream, tmp_path):
+    video = bytes(range(256)) * 40
+    hostile_upstream.on(
+        "GET",
+        CONTENT,
+        Answer(200, video, length=None),  # no length: asked again with a range
+        Answer(  # close-delimited, announcing the whole file, then going on and on
+            206,
+            video + b"x" * (1024 * 1024),
+            length=None,
+            headers=[("Content-Range", f"bytes 0-{len(video) - 1}/{len(video)}")],
+        ),
+    )
+    target = HighWater(tmp_path / "0.mp4")
+    with ModelGatesClient(hostile_upstream.base_url, "key", timeout=10) as client:
+        with pytest.raises(BodyMismatch, match="longer"):
+            fetch(client, "job-1", 0, target)
+    assert target.most <= len(video) and target.size == 0
+    target.file.discard()
