@@ -364,3 +364,11 @@ def test_checking_any_url_either_accepts_it_or_raises_notify_url_error(
         vetted = vet_notify_url(result, allow_http=allow_http, allow_private=False, resolve=resolve)
         for address in vetted.addresses:
             assert ipaddress.ip_address(address).is_global
+
+
+def test_localhost_is_allowed_only_with_the_private_flag():
+    resolve = static_resolver({"localhost": ["127.0.0.1"], "api.localhost": ["127.0.0.1"]})
+    for url in ("http://localhost:8080/hooks", "http://api.localhost/hooks"):
+        assert check_notify_url(url, allow_http=True, allow_private=True, resolve=resolve) == url
+        with pytest.raises(NotifyURLError, match="loopback"):
+            check_notify_url(url, allow_http=True, allow_private=False, resolve=resolve)

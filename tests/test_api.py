@@ -518,3 +518,8 @@ def test_rows_holding_non_finite_numbers_are_listed_as_strict_json(client, store
     listed = json.loads(client.get("/api/jobs", headers=AUTH).data, parse_constant=refuse)
     (job,) = listed["jobs"]
     assert job["cost"] is None and job["params"]["provider"]["options"]["x"]["y"] is None
+
+
+def test_a_401_says_which_scheme_to_use(client):
+    response = client.get("/api/jobs")
+    assert response.status_code == 401 and response.headers["WWW-Authenticate"] == "Bearer"

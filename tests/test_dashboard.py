@@ -377,3 +377,14 @@ def test_in_chromium_sign_in_play_a_downloaded_video_and_replay_a_callback(
     browser.screenshot(tmp_path / "4-overview.png")
     assert browser.evaluate("document.querySelector('.miss-rate').textContent") == "0 %"
     print(f"screenshots in {tmp_path}")
+
+
+def test_a_stored_callback_too_deep_to_parse_is_shown_as_it_came(client):
+    from test_webhooks import post, signed
+
+    deep = b'{"type": "video.generation.completed", "data": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"
+    assert post(client, deep, signed(deep, key="deep-1")).status_code == 400  # kept, rejected
+    sign_in(client)
+    page = client.get("/dashboard/callbacks")
+    assert page.status_code == 200
+    assert "rejected" in page.get_data(as_text=True)

@@ -64,11 +64,18 @@ def test_notify_url_without_a_signing_secret_is_503(env, sandbox):
 
     env = {k: v for k, v in env.items() if k != "NOTIFY_SIGNING_SECRET"}
     app = create_app({**env, "ALLOW_PRIVATE_NOTIFY_URLS": "1", "TESTING": True})
-    body = {**VALID, "notify_url": "http://127.0.0.1:9/hook"}
-    response = app.test_client().post("/api/jobs", json=body, headers=AUTH)
-    assert response.status_code == 503
-    assert response.get_json()["error"]["code"] == "not_configured"
+    for url in ("http://127.0.0.1:9/hook", "https://hooks.example.invalid/videos"):
+        body = {**VALID, "notify_url": url}
+        response = app.test_client().post("/api/jobs", json=body, headers=AUTH)
+        assert response.status_code == 503
+        assert response.get_json()["error"]["code"] == "not_configured"
     assert sandbox.stats()["submits"] == 0
+
+
+def test_a_null_notify_url_is_as_if_absent(client, sandbox):
+    response = client.post("/api/jobs", json={**VALID, "notify_url": None}, headers=AUTH)
+    assert response.status_code == 202, response.get_json()
+    assert response.get_json()["notify_url"] is None
 
 
 def test_notify_url_is_kept_out_of_the_upstream_body_and_part_of_idempotency(env, sandbox):

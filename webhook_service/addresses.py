@@ -111,6 +111,8 @@ def vet_notify_url(
 ) -> VettedURL:
     """Check ``url`` and resolve its host; the result pins the addresses to connect to."""
     scheme, host, port, normalised = _parse(url, allow_http=allow_http)
+    if not allow_private and (host == "localhost" or host.endswith(".localhost")):
+        raise NotifyURLError(f"notify_url host {host} is a loopback name.")  # whatever DNS says
     literal = _ip_literal(host)
     if literal is not None:
         addresses: tuple[IPAddress, ...] = (literal,)
@@ -231,8 +233,6 @@ def _normalise_host(host: str) -> str:
         return str(numeric)
     if len(host) > 253 or not all(_LABEL.match(label) for label in host.split(".")):
         raise NotifyURLError("notify_url has an invalid host name.")
-    if host == "localhost" or host.endswith(".localhost"):
-        raise NotifyURLError(f"notify_url host {host} is a loopback name.")
     return host
 
 

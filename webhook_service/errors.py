@@ -71,6 +71,9 @@ class Unauthorized(ServiceError):
     error_code = "unauthorized"
     description = "A valid bearer token is required."
 
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
 
 class NotFound(ServiceError):
     code = 404

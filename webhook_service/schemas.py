@@ -110,9 +110,12 @@ class JobRequestSchema(Schema):
     )
     provider = fields.Nested(ProviderSchema)
     notify_url = fields.String(
+        allow_none=True,  # null: as if absent (NOTIFY_URL, if set, applies)
         validate=validate.Length(min=1, max=2048),
-        metadata={"description": "This service's own: where to POST the signed notification"
-                  " when the job is settled. Never sent upstream."},
+        metadata={
+            "description": "This service's own: where to POST the signed notification"
+            " when the job is settled. Never sent upstream."
+        },
     )
 
     @validates_schema

@@ -102,6 +102,8 @@ def _check_notify_url(url: str | None) -> None:
     if url is None:
         return
     settings = context.settings()
+    if settings.notify_signing_secret is None:
+        raise NotConfigured("NOTIFY_SIGNING_SECRET is not set: notifications cannot be signed.")
     try:
         check_notify_url(
             url,
@@ -110,8 +112,6 @@ def _check_notify_url(url: str | None) -> None:
         )
     except NotifyURLError as error:
         raise ValidationError(details={"notify_url": [str(error)]}) from None
-    if settings.notify_signing_secret is None:
-        raise NotConfigured("NOTIFY_SIGNING_SECRET is not set: notifications cannot be signed.")
 
 
 def _job_answer(
@@ -161,17 +161,27 @@ def _validated_body() -> dict[str, Any]:
 
 
 def _flatten(messages: Any) -> dict[str, list[str]]:
-    """Turn marshmallow's nested messages into ``{field: [messages]}``."""
+    """Turn marshmallow's nested messages into ``{field: [messages]}``.
+
+    A nested error is listed under its top-level field (``frame_images``, saying
+    where inside) and under its full dotted path (``frame_images.0.frame_type``).
+    """
     flat: dict[str, list[str]] = {}
+
+    def add(path: str, texts: list[str]) -> None:
+        flat.setdefault(path or "_schema", []).extend(texts)
+        top, dot, rest = path.partition(".")
+        if dot:
+            flat.setdefault(top, []).extend(f"{rest}: {text}" for text in texts)
 
     def walk(prefix: str, value: Any) -> None:
         if isinstance(value, dict):
             for key, inner in value.items():
                 walk(f"{prefix}.{key}" if prefix else str(key), inner)
         elif isinstance(value, list) and all(isinstance(item, str) for item in value):
-            flat.setdefault(prefix or "_schema", []).extend(value)
+            add(prefix, value)
         else:
-            flat.setdefault(prefix or "_schema", []).append(str(value))
+            add(prefix, [str(value)])
 
     walk("", messages)
     return flat

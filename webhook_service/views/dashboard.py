@@ -39,7 +39,7 @@ from flask import (
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.wrappers import Response as BaseResponse
 
-from .. import context, events, media
+from .. import context, events, media, strict_json
 from ..config import Settings
 from ..job_json import iso
 from ..jobs import COMPLETED, STATUSES, TERMINAL
@@ -253,9 +253,9 @@ def callbacks() -> str:
 
 def _event_view(event: dict[str, Any]) -> dict[str, Any]:
     body = bytes(event["body"]).decode("utf-8", "replace")
-    try:
-        body = json.dumps(json.loads(body), indent=2, sort_keys=True)
-    except ValueError:
+    try:  # pretty-printed when it is JSON the service would read; else shown as it came
+        body = json.dumps(strict_json.loads(bytes(event["body"])), indent=2, sort_keys=True)
+    except strict_json.JSONRefused:
         pass
     return {
         **event,
