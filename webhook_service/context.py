@@ -11,12 +11,12 @@ import threading
 
 from flask import Flask, current_app
 
+from .catalog import ModelCatalog
 from .config import Settings
 from .errors import NotConfigured
 from .media import MediaStorage
 from .modelgates import ModelGatesClient
 from .store import Store, open_store
-from .submission import ModelCatalog
 
 EXTENSION = "webhook_service"
 

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import secrets
-import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -39,47 +38,9 @@ DEFAULT_RETRY_AFTER = 30
 # httpx's timeout bounds each read and write, not the whole request: a 50 MiB body on a
 # slow link may take minutes, so only after this long is a submit with no outcome dead.
 IN_FLIGHT_GRACE_SECONDS = 600.0
-MODELS_TTL_SECONDS = 300.0
 # How long a submit request keeps retrying to record an accepted job before it
 # hands the upstream id to the held-submits spool and answers 503.
 RECORD_RETRY_SECONDS = 15.0
-
-
-class ModelCatalog:
-    """The upstream model list, cached per process; a stale copy beats none."""
-
-    def __init__(
-        self,
-        client: Callable[[], ModelGatesClient],
-        ttl: float = MODELS_TTL_SECONDS,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._client = client
-        self._ttl = ttl
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._models: list[dict[str, Any]] | None = None
-        self._fetched_at = 0.0
-
-    def models(self) -> list[dict[str, Any]]:
-        """Return the model list, fetching it when the copy is older than the TTL."""
-        with self._lock:
-            if self._models is None or self._clock() - self._fetched_at > self._ttl:
-                try:
-                    self._models = self._client().list_models()
-                    self._fetched_at = self._clock()
-                except ModelGatesError:
-                    if self._models is None:
-                        raise
-                    log.warning("model list refresh failed; using the copy from before")
-            return self._models
-
-    def find(self, model_id: str) -> dict[str, Any] | None:
-        """Return one model's entry, or None if upstream does not list it."""
-        for model in self.models():
-            if model.get("id") == model_id or model.get("canonical_slug") == model_id:
-                return model
-        return None
 
 
 def in_flight_deadline(settings: Settings, job: Mapping[str, Any]) -> float:

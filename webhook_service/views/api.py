@@ -14,6 +14,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from .. import context, strict_json, submission
 from ..addresses import NotifyURLError, check_notify_url
+from ..catalog import ModelCatalog
 from ..errors import (
     BadRequest,
     Conflict,
@@ -187,7 +188,7 @@ def _flatten(messages: Any) -> dict[str, list[str]]:
     return flat
 
 
-def _check_capabilities(catalog: submission.ModelCatalog, params: dict[str, Any]) -> None:
+def _check_capabilities(catalog: ModelCatalog, params: dict[str, Any]) -> None:
     try:
         model = catalog.find(params["model"])
     except ModelGatesError:
