@@ -147,7 +147,8 @@ GENERIC_FRAMES = ("threading.py:", "futures/thread.py:", "click/", "cli.py:", "<
 def summarise_profile(raw: Path, top: int = 12) -> str:
     """Where a py-spy raw (collapsed, ``--idle``) profile's busy samples fall.
 
-    Stacks whose innermost frame is an idle wait (``IDLE_FRAMES``) are counted apart;
+    Stacks whose innermost frame is an idle wait (``IDLE_FRAMES``), or that are in the
+    worker's wait for a commit (LISTEN on PostgreSQL), are counted apart;
     of the rest, ``self`` counts the innermost frame and ``total`` a function once per
     stack.  Waiting on a lock or a database answer counts as busy: it is time a
     request or a job spends.
@@ -162,7 +163,7 @@ def summarise_profile(raw: Path, top: int = 12) -> str:
         count = int(count_text)
         names = [_frame_name(frame) for frame in stack.split(";")[2:]] or ["(no python frame)"]
         samples += count
-        if names[-1].endswith(IDLE_FRAMES):
+        if names[-1].endswith(IDLE_FRAMES) or any(n.endswith(".wait_for_change") for n in names):
             idle += count
             continue
         own[names[-1]] += count
