@@ -46,7 +46,8 @@ from webhook_service.demo import (
     wait_for,
 )
 from webhook_service.sandbox import SandboxServer, SandboxSettings
-from webhook_service.store.postgres import DEFAULT_POOL_SIZE, MIGRATIONS
+from webhook_service.store.postgres import DEFAULT_POOL_SIZE
+from webhook_service.store.postgres_schema import MIGRATIONS
 
 REPO = Path(__file__).resolve().parent.parent
 PROCFILE = read_procfile(REPO / "Procfile")

@@ -23,9 +23,10 @@ from pg import PostgresServer, free_port
 from webhook_service import create_app, events, submission
 from webhook_service.config import Settings
 from webhook_service.store import Store, StoreUnavailable
-from webhook_service.store.postgres import MIGRATIONS, PostgresStore
+from webhook_service.store.postgres import PostgresStore
+from webhook_service.store.postgres_schema import MIGRATIONS
 from webhook_service.store.sqlite import SqliteStore
-from webhook_service.store.sqlite import migrations as sqlite_migrations
+from webhook_service.store.sqlite_schema import migrations as sqlite_migrations
 
 VALID = {"model": "google/veo-3.1", "prompt": "a lighthouse at dusk", "duration": 8}
 
