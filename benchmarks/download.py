@@ -38,7 +38,13 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engines import command_line, load, postgres_server, spread  # noqa: E402
+from engines import (  # noqa: E402
+    command_line,
+    load,
+    postgres_server,
+    spread,
+    summarise_profile,
+)
 
 from webhook_service.config import load_settings  # noqa: E402
 from webhook_service.demo import API_KEY as KEY  # noqa: E402
@@ -98,8 +104,15 @@ def child(base_url: str, upstream_id: str, job_number: int, environ: dict[str, s
     print(json.dumps({"wall": wall, "peak_rss_mib": peak_kib / 1024, "bytes": output["bytes"]}))
 
 
+PROFILER = ["py-spy", "record", "--idle", "--rate", "200", "--format", "raw"]
+
+
 def download_rounds(
-    size: int, rounds: int, work: Path, storage_env: Callable[[Path], dict[str, str]]
+    size: int,
+    rounds: int,
+    work: Path,
+    storage_env: Callable[[Path], dict[str, str]],
+    profile: Path | None = None,
 ) -> dict[str, list[float]]:
     port = free_port()
     sandbox = subprocess.Popen(
@@ -152,15 +165,19 @@ def download_rounds(
             target.unlink()
             child_dir = Path(tempfile.mkdtemp(dir=work))
             environ = storage_env(child_dir)
-            result = json.loads(
-                subprocess.run(
-                    [sys.executable, __file__, "--child", base, job["id"], str(round_)],
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                    env={**os.environ, **environ, "BENCH_CHILD_ENV": json.dumps(environ)},
-                ).stdout
+            command = [sys.executable, __file__, "--child", base, job["id"], str(round_)]
+            if profile is not None and round_ == rounds - 1:  # an extra, profiled round
+                command = [*PROFILER, "--output", str(profile), "--", *command]
+            answer = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                env={**os.environ, **environ, "BENCH_CHILD_ENV": json.dumps(environ)},
             )
+            if answer.returncode:
+                sys.exit(f"the worker child failed:\n{answer.stderr}")
+            output = answer.stdout
+            result = json.loads([line for line in output.splitlines() if line[:1] == "{"][-1])
             assert result["bytes"] == size
             worker_times.append(result["wall"])
             peaks.append(result["peak_rss_mib"])
@@ -168,6 +185,9 @@ def download_rounds(
     finally:
         sandbox.terminate()
         sandbox.wait(10)
+    if profile is not None:  # the profiled round is not counted
+        for series in (curl_times, worker_times, peaks):
+            series.pop()
     return {"curl": curl_times, "worker": worker_times, "peak_rss_mib": peaks}
 
 
@@ -218,6 +238,9 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-tick", action="store_true", help="skip the worker tick benchmark")
+    parser.add_argument(
+        "--profile", action="store_true", help="one more round with the worker under py-spy"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="download-bench-", dir=os.environ.get("BENCH_DIR")))
     postgres = postgres_server() if args.engine == "postgres" else nullcontext()
@@ -230,23 +253,23 @@ def main() -> None:
     load_before = load()
     try:
         with postgres as create_pg, s3 as server:
-            database: dict[str, str] = {}
-            if create_pg is not None:
-                database["DATABASE_URL"] = create_pg("download")
+            rounds_started = iter(range(1_000))
             media: dict[str, str] = {}
             if server is not None:
                 media = {**server.environ(), "MEDIA_STORAGE": f"s3://{server.create_bucket()}/b"}
 
             def storage_env(folder: Path) -> dict[str, str]:
-                return {
-                    "DATABASE_PATH": str(folder / "child.sqlite3"),
-                    "MEDIA_DIR": str(folder / "videos"),
-                    **database,
-                    **media,
-                }
+                """A fresh database (the sandbox job is the same every round) and the media."""
+                database = {"DATABASE_PATH": str(folder / "child.sqlite3")}
+                if create_pg is not None:
+                    database = {"DATABASE_URL": create_pg(f"download{next(rounds_started)}")}
+                return {"MEDIA_DIR": str(folder / "videos"), **database, **media}
 
             size = args.size_mib * 1024 * 1024
-            result = download_rounds(size, args.rounds, work, storage_env)
+            profile = work / "profile.txt" if args.profile else None
+            rounds = args.rounds + (1 if profile else 0)
+            result = download_rounds(size, rounds, work, storage_env, profile)
+            summary = summarise_profile(profile) if profile else ""
             if args.no_tick:
                 small = large = None
             else:
@@ -274,6 +297,9 @@ def main() -> None:
         print(f"\nworker tick on {args.engine}: claim 100 due jobs + 100 due outputs")
         print(f"  among 100 jobs      : {small * 1000:.2f} ms")
         print(f"  among 100 000 jobs  : {large * 1000:.2f} ms  ({large / small:.2f}x)")
+    if summary:
+        print("\npy-spy, the worker during one more (uncounted) round:")
+        print(summary)
     print(f"\nreproduce: {command_line()}")
 
 
