@@ -222,8 +222,8 @@ def test_a_download_whose_claim_was_taken_over_stops_renewing_it(settings, store
     clock = Clock(T0)
     stalled = make_worker(settings, clock, "stalled")
     stalled.run_once(T0, wait=False)
-    wait_until(lambda: store.output("vj_1", 0)["status"] == "downloading")
-    [lease] = stalled._leases.values()
+    wait_until(lambda: len(stalled.leases._leases) == 1)  # the download is under way
+    [lease] = stalled.leases._leases.values()
 
     later = T0 + LEASE + 1  # the stalled worker's clock stood still: its lease ran out
     [taken] = store.claim_due_outputs("taker", later, later + LEASE, 1)
@@ -272,8 +272,8 @@ def test_one_lost_claim_does_not_stop_the_others_from_being_renewed(
     clock = Clock(T0)
     worker = make_worker(settings, clock, "w")
     worker.run_once(T0, wait=False)
-    wait_until(lambda: len(worker._leases) == 2)
-    (_, lost_index), (_, kept_index) = list(worker._leases)  # the first looked at is lost
+    wait_until(lambda: len(worker.leases._leases) == 2)
+    (_, lost_index), (_, kept_index) = list(worker.leases._leases)  # the first looked at is lost
     fence = store.output("vj_1", lost_index)["fence"]
     store.update_output("vj_1", lost_index, {"lease_owner": "thief", "fence": fence + 1})
 
@@ -287,3 +287,29 @@ def test_one_lost_claim_does_not_stop_the_others_from_being_renewed(
     worker.stop()
     assert store.output("vj_1", kept_index)["status"] == "downloaded"
     assert store.output("vj_1", lost_index)["lease_owner"] == "thief"
+
+
+def test_notification_claims_carry_their_owner_and_a_fence(store):
+    add_job(store)
+    store.insert_notification(
+        {
+            "job_id": "vj_1",
+            "url": "http://127.0.0.1:9/hook",
+            "webhook_id": "msg_1",
+            "event_type": "job.completed",
+            "body": "{}",
+            "next_attempt_at": T0,
+            "created_at": T0,
+            "updated_at": T0,
+        }
+    )
+    [first] = store.claim_due_notifications("one", T0, T0 + LEASE, 5)
+    assert (first["lease_owner"], first["lease_expires_at"]) == ("one", T0 + LEASE)
+    assert store.claim_due_notifications("two", T0 + 1, T0 + LEASE, 5) == []
+    store.release_claims("one")  # a worker stopping gives its claims back at once
+    [second] = store.claim_due_notifications("two", T0 + 1, T0 + LEASE, 5)
+    assert second["fence"] == first["fence"] + 1
+    assert not store.finish_notification_claim("vj_1", first["fence"], {"attempts": 9})
+    assert store.finish_notification_claim("vj_1", second["fence"], {"attempts": 1})
+    row = store.notifications(["vj_1"])["vj_1"]
+    assert (row["attempts"], row["lease_owner"], row["lease_expires_at"]) == (1, None, None)

@@ -1,9 +1,10 @@
-"""Retry decisions of the download worker that changing the code once left untested.
+"""Decisions that changing the code once left every other test passing.
 
-Each test pins a decision that, altered, still let every other test pass: when a
-failed download is given up (and the job's notification queued), when an output
-gone upstream is failed for good, how far the next attempt is pushed back.  The
-worker runs against a real loopback upstream with an injected clock.
+Each test pins one such decision: when a failed download is given up (and the
+job's notification queued), when an output gone upstream is failed for good, how
+far the next attempt is pushed back, when a submit never answered is failed, and
+that a body running past its announced end is never written past it.  The worker
+runs against a real loopback upstream with an injected clock.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 
 from webhook_service import create_app
 from webhook_service.config import load_settings
-from webhook_service.downloads import BodyMismatch, fetch
+from webhook_service.downloads import BodyMismatch, UnprovenDownload, fetch
 from webhook_service.media import PartialFile
 from webhook_service.modelgates import ModelGatesClient
 from webhook_service.store import open_store
@@ -245,3 +246,46 @@ def test_a_body_running_past_its_announced_end_is_never_written_past_it(hostile_
             fetch(client, "job-1", 0, target)
     assert target.most <= len(video) and target.size == 0
     target.file.discard()
+
+
+def fetched(upstream, folder) -> bytes:
+    """Fetch output 0 of job-1 as the worker does; the committed bytes, or raise."""
+    target = PartialFile(folder / "0.mp4", fence=1)
+    with ModelGatesClient(upstream.base_url, "key", timeout=10) as client:
+        try:
+            fetch(client, "job-1", 0, target)
+        except Exception:
+            target.discard()
+            raise
+    target.commit()
+    return (folder / "0.mp4").read_bytes()
+
+
+def test_an_answer_declared_identity_encoded_is_the_file(hostile_upstream, tmp_path):
+    video = bytes(range(256)) * 40
+    hostile_upstream.on("GET", CONTENT, Answer(200, video, encoding="identity"))
+    assert fetched(hostile_upstream, tmp_path) == video
+
+
+def test_a_resume_announcing_another_total_than_an_earlier_206_is_refused(
+    hostile_upstream, tmp_path
+):
+    video = bytes(range(256)) * 40
+    other = bytes(reversed(video)) + b"z" * 100  # another file, longer
+    total = len(video)
+    hostile_upstream.on(
+        "GET",
+        CONTENT,
+        Answer(200, video, length=None),  # no length: asked again with a range
+        Answer(  # the total comes from this 206, cut short
+            206, video, headers=[("Content-Range", f"bytes 0-{total - 1}/{total}")], cut_after=4000
+        ),
+        Answer(  # the resume: the rest of another file
+            206,
+            other[4000:],
+            headers=[("Content-Range", f"bytes 4000-{len(other) - 1}/{len(other)}")],
+        ),
+    )
+    with pytest.raises(UnprovenDownload, match="changed size"):
+        fetched(hostile_upstream, tmp_path)
+    assert list(tmp_path.iterdir()) == []
