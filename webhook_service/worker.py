@@ -26,6 +26,7 @@ from typing import Any
 from . import jobs
 from .config import Settings
 from .downloads import DownloadAborted, fetch
+from .leases import LeaseKeeper
 from .media import PartialObject, open_media
 from .modelgates import APIError, ModelGatesClient, ModelGatesError, RequestRefused
 from .notifications.sender import Sender
@@ -42,7 +43,6 @@ POLLS_PER_ROUND = 50
 IDLE_SECONDS = 0.5
 SHUTDOWN_GRACE_SECONDS = 7.0
 SENDERS = 4  # notifications sent at once
-HEARTBEAT_SECONDS = 0.5
 RECORD_RETRY_SECONDS = 0.5  # how often running downloads' leases are looked at
 
 
@@ -64,15 +64,6 @@ def download_delay(
     """Seconds until the next download attempt: 1 s doubling to 10 min, with jitter."""
     delay = min(DOWNLOAD_CAP_SECONDS, 2.0 ** min(attempts, 16)) * (0.5 + rand() / 2)
     return max(delay, retry_after or 0.0)
-
-
-class _Lease:
-    """A running download's claim, renewed by the heartbeat thread."""
-
-    def __init__(self, job_id: str, index: int, fence: int, renewed_at: float = 0.0) -> None:
-        self.job_id, self.index, self.fence = job_id, index, fence
-        self.renewed_at = renewed_at
-        self.lost = threading.Event()
 
 
 class Worker:
@@ -102,9 +93,9 @@ class Worker:
         self._in_flight: dict[Future[None], dict[str, Any]] = {}
         self._round = (0.0, 0.0)  # (the round's `now`, the clock when it started)
         self.media = open_media(settings)
-        self._leases: dict[tuple[str, int], _Lease] = {}
-        self._leases_lock = threading.Lock()
-        self._heartbeat: threading.Thread | None = None
+        self.leases = LeaseKeeper(
+            lambda: self.store, lambda: self.clock(), lease_seconds, self.stopping
+        )
         self.sender = Sender(settings, self.owner, clock=lambda: self.clock(), rand=rand)
         self._send_pool = ThreadPoolExecutor(SENDERS, thread_name_prefix="notify")
         self._sending: dict[Future[Any], dict[str, Any]] = {}
@@ -334,26 +325,23 @@ class Worker:
                 output, f"cannot store the video in {self.media.describe()}: {error}"
             )
             return
-        lease = _Lease(job_id, index, fence, self.clock())
         try:
             with store.transaction():
                 claimed = store.update_output(job_id, index, {"status": "downloading"}, fence)
             if not claimed:
                 raise DownloadAborted("claim lost before the download started")
-            with self._leases_lock:
-                self._leases[(job_id, index)] = lease
-            self._ensure_heartbeat()
+            with self.leases.kept(job_id, index, fence) as lease:
 
-            def keep_going() -> bool:
-                return not (self.stopping.is_set() or lease.lost.is_set())
+                def keep_going() -> bool:
+                    return not (self.stopping.is_set() or lease.lost.is_set())
 
-            fetch(self.client, job["upstream_id"], index, target, keep_going)
-            # The heartbeat renews while bytes flow; this check closes the gap before commit.
-            if not store.renew_output_lease(
-                job_id, index, fence, self.clock() + self.lease_seconds
-            ):
-                raise DownloadAborted("claim lost before commit")
-            target.commit()
+                fetch(self.client, job["upstream_id"], index, target, keep_going)
+                # The heartbeat renews while bytes flow; this closes the gap before commit.
+                if not store.renew_output_lease(
+                    job_id, index, fence, self.clock() + self.lease_seconds
+                ):
+                    raise DownloadAborted("claim lost before commit")
+                target.commit()
         except DownloadAborted as aborted:
             target.discard()
             if store.finish_output_claim(job_id, index, fence, {"status": "pending"}):
@@ -369,9 +357,6 @@ class Worker:
         except BaseException:  # the database went away, a bug: leave no part behind
             target.discard()
             raise
-        finally:
-            with self._leases_lock:
-                self._leases.pop((job_id, index), None)
         recorded = self._record_download(output, target)
         if recorded:
             log.info(
@@ -412,42 +397,6 @@ class Worker:
                 if self.clock() >= holds_until or self.stopping.wait(RECORD_RETRY_SECONDS):
                     raise
                 log.warning("recording download %s/%s failed (%s); retrying", job_id, index, error)
-
-    def _ensure_heartbeat(self) -> None:
-        with self._leases_lock:
-            if self._heartbeat is None or not self._heartbeat.is_alive():
-                self._heartbeat = threading.Thread(
-                    target=self._renew_leases, name="lease-heartbeat", daemon=True
-                )
-                self._heartbeat.start()
-
-    def _renew_leases(self) -> None:
-        """Renew every running download's lease a third of the way through it.
-
-        A thread of its own, so a download stalled inside a read keeps (or loses)
-        its claim on time, not only when its next chunk arrives.
-        """
-        while not self.stopping.wait(HEARTBEAT_SECONDS):
-            with self._leases_lock:
-                running = list(self._leases.values())
-                if not running:
-                    self._heartbeat = None
-                    return
-            for lease in running:
-                now = self.clock()
-                if lease.lost.is_set() or now - lease.renewed_at < self.lease_seconds / 3:
-                    continue
-                try:
-                    kept = self.store.renew_output_lease(
-                        lease.job_id, lease.index, lease.fence, now + self.lease_seconds
-                    )
-                except Exception as error:  # the heartbeat must outlive a bad moment
-                    log.warning("lease renewal failed: %s", error)
-                    continue
-                if kept:
-                    lease.renewed_at = now
-                else:
-                    lease.lost.set()
 
     def _failed_attempt(self, output: dict[str, Any], error: str, expired: bool = False) -> None:
         now = self.clock()
