@@ -26,7 +26,6 @@ job id of an accepted submit, or keep a finished job from ever completing by pol
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -38,6 +37,7 @@ import httpx
 from httpcore._sync import http11
 
 from . import strict_json
+from .retry_after import parse_retry_after
 
 # httpcore reads sockets 64 KiB at a time.  Outputs are gigabytes: 1 MiB reads made a
 # 1 GiB download about twice as fast here (benchmarks/download.py).  httpcore has no
@@ -129,19 +129,6 @@ def backoff(attempt: int, rand: Callable[[], float], base: float, cap: float) ->
     return delay / 2 + rand() * delay / 2
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Read a ``Retry-After`` header given in seconds; ignore anything else."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    if not math.isfinite(seconds):
-        return None
-    return min(max(0.0, seconds), MAX_RETRY_AFTER)
-
-
 def error_from_response(response: httpx.Response, body: bytes | None = None) -> APIError:
     """Turn an error answer (envelope or not) into the matching exception.
 
@@ -159,7 +146,9 @@ def error_from_response(response: httpx.Response, body: bytes | None = None) -> 
         if isinstance(envelope["error"].get("metadata"), dict):
             metadata = envelope["error"]["metadata"]
     status = response.status_code
-    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+    if retry_after is not None:
+        retry_after = min(retry_after, MAX_RETRY_AFTER)
     kind: type[APIError] = ServerError
     if status == 429:
         kind = RateLimited

@@ -10,15 +10,14 @@ The boundary: a notification URL is chosen by a client, so it is untrusted. Ever
 re-checks it, pins the connection, follows no redirect, and is bounded by one deadline.
 """
 
+from ..retry_after import parse_retry_after
 from .delivery import DEFAULT_TIMEOUT_SECONDS, MAX_ANSWER_BYTES, Attempt, deliver
 from .events import (
     MAX_ATTEMPTS,
     SCHEDULE_SECONDS,
     SigningSecretError,
     build_event,
-    iso8601,
     next_delay,
-    parse_retry_after,
     sign,
     signing_key,
     webhook_id_for,
@@ -33,7 +32,6 @@ __all__ = [
     "SigningSecretError",
     "build_event",
     "deliver",
-    "iso8601",
     "next_delay",
     "parse_retry_after",
     "sign",

@@ -37,7 +37,7 @@ import httpcore
 import httpx
 
 from ..addresses import NotifyURLError, Resolver, vet_notify_url
-from .events import parse_retry_after
+from ..retry_after import parse_retry_after
 
 DEFAULT_TIMEOUT_SECONDS = 15.0
 MAX_ANSWER_BYTES = 1024

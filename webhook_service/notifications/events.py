@@ -22,9 +22,9 @@ import hmac
 import json
 import math
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
+
+from ..job_json import iso
 
 SECRET_PREFIX = "whsec_"
 # Delay after each failed attempt: about 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, then daily.
@@ -53,15 +53,9 @@ def build_event(job_json: Mapping[str, Any], now: float) -> tuple[str, bytes]:
     job_id, status = job_json.get("id"), job_json.get("status")
     if not isinstance(job_id, str) or not job_id or not isinstance(status, str) or not status:
         raise ValueError("a job's JSON needs a non-empty string 'id' and 'status'")
-    event = {"type": f"job.{status}", "timestamp": iso8601(now), "data": dict(job_json)}
+    event = {"type": f"job.{status}", "timestamp": iso(now), "data": dict(job_json)}
     body = json.dumps(event, allow_nan=False, separators=(",", ":"), ensure_ascii=True)
     return webhook_id_for(job_id), body.encode("ascii")
-
-
-def iso8601(moment: float) -> str:
-    """Unix seconds as the service writes times: ``2025-01-31T12:00:00.000Z``."""
-    stamp = datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
 
 
 def signing_key(secret: str | None) -> bytes:
@@ -112,19 +106,3 @@ def next_delay(attempt: int, retry_after: float | None, rand: Callable[[], float
     if retry_after is not None and math.isfinite(retry_after):
         delay = max(delay, min(retry_after, MAX_RETRY_AFTER_SECONDS))
     return delay
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Read ``Retry-After`` (seconds or an HTTP date) as seconds from ``now``; None if unusable."""
-    if value is None:
-        return None
-    text = value.strip()
-    if text.isascii() and text.isdigit():
-        return float(min(int(text[:12]), 10**9))
-    try:
-        moment = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return max(0.0, moment.timestamp() - now)
