@@ -313,3 +313,38 @@ def test_notification_claims_carry_their_owner_and_a_fence(store):
     assert store.finish_notification_claim("vj_1", second["fence"], {"attempts": 1})
     row = store.notifications(["vj_1"])["vj_1"]
     assert (row["attempts"], row["lease_owner"], row["lease_expires_at"]) == (1, None, None)
+
+
+def test_a_download_claim_lost_before_it_starts_touches_nothing(settings, store, hostile_upstream):
+    video = b"v" * 4096
+    hostile_upstream.on("GET", "/videos/job-1/content", ranged_file(video))
+    add_job(store, status="completed", next_poll_at=None, outputs=1)
+    [stale] = store.claim_due_outputs("slow", T0, T0 + LEASE, 1)  # then it stalls
+    later = T0 + LEASE + 1
+    make_worker(settings, Clock(later), "taker").run_once(later)
+    done = store.output("vj_1", 0)
+    assert done["status"] == "downloaded"
+
+    make_worker(settings, Clock(later), "slow")._download(stale)  # its turn comes at last
+    assert len(hostile_upstream.seen("GET", "/videos/job-1/content")) == 1  # never asked
+    assert store.output("vj_1", 0) == done
+
+
+def test_a_stopping_worker_abandons_its_download_and_keeps_nothing(
+    settings, store, hostile_upstream
+):
+    video = b"v" * (1024 * 1024)
+    released = threading.Event()
+    hostile_upstream.on(
+        "GET", "/videos/job-1/content", ranged_file(video, hold_after=1024, gate=released)
+    )
+    add_job(store, status="completed", next_poll_at=None, outputs=1)
+    worker = make_worker(settings, Clock(T0), "w")
+    worker.run_once(T0, wait=False)
+    wait_until(lambda: store.output("vj_1", 0)["status"] == "downloading")
+    worker.stop()
+    released.set()  # bytes flow again: the download notices the stop and lets go
+    wait_until(lambda: all(future.done() for future in worker._in_flight))
+    output = store.output("vj_1", 0)
+    assert (output["status"], output["lease_owner"], output["bytes"]) == ("pending", None, None)
+    assert not worker.media.exists("vj_1", 0)
