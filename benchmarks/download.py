@@ -113,6 +113,7 @@ def download_rounds(
     work: Path,
     storage_env: Callable[[Path], dict[str, str]],
     profile: Path | None = None,
+    bucket_floor: Callable[[Path], float] | None = None,
 ) -> dict[str, list[float]]:
     port = free_port()
     sandbox = subprocess.Popen(
@@ -152,7 +153,7 @@ def download_rounds(
             "sandbox job did not complete",
         )
         url = f"{base}/videos/{job['id']}/content?index=0"
-        curl_times, worker_times, peaks = [], [], []
+        curl_times, worker_times, peaks, floors = [], [], [], []
         for round_ in range(rounds):
             target = work / "curl.out"
             started = time.perf_counter()
@@ -161,6 +162,8 @@ def download_rounds(
                 check=True,
             )
             curl_times.append(time.perf_counter() - started)
+            if bucket_floor is not None:
+                floors.append(bucket_floor(target))
             assert target.stat().st_size == size
             target.unlink()
             child_dir = Path(tempfile.mkdtemp(dir=work))
@@ -186,9 +189,9 @@ def download_rounds(
         sandbox.terminate()
         sandbox.wait(10)
     if profile is not None:  # the profiled round is not counted
-        for series in (curl_times, worker_times, peaks):
+        for series in (curl_times, worker_times, peaks, floors):
             series.pop()
-    return {"curl": curl_times, "worker": worker_times, "peak_rss_mib": peaks}
+    return {"curl": curl_times, "worker": worker_times, "peak_rss_mib": peaks, "bucket": floors}
 
 
 def tick_cost(finished: int, due: int, store: Store, repeats: int = 20) -> float:
@@ -268,7 +271,25 @@ def main() -> None:
             size = args.size_mib * 1024 * 1024
             profile = work / "profile.txt" if args.profile else None
             rounds = args.rounds + (1 if profile else 0)
-            result = download_rounds(size, rounds, work, storage_env, profile)
+            floor = None
+            if server is not None:
+
+                def floor(path: Path) -> float:
+                    """Seconds for boto3 alone to upload curl's file: the bucket's pace."""
+                    from boto3.s3.transfer import TransferConfig
+
+                    started = time.perf_counter()
+                    server.client().upload_file(
+                        str(path),
+                        media["MEDIA_STORAGE"].split("/")[2],
+                        "floor.bin",
+                        Config=TransferConfig(
+                            multipart_chunksize=8 * 1024 * 1024, max_concurrency=1
+                        ),
+                    )
+                    return time.perf_counter() - started
+
+            result = download_rounds(size, rounds, work, storage_env, profile, floor)
             summary = summarise_profile(profile) if profile else ""
             if args.no_tick:
                 small = large = None
@@ -292,6 +313,14 @@ def main() -> None:
         f"  worker          : {spread(ours, '{:.2f}')} s  (stream + sha256 + {store_step} + record)"
     )
     print(f"  ratio           : {spread(ratios, '{:.2f}')}x curl")
+    if result["bucket"]:
+        bucket = result["bucket"]
+        floor_ratios = [w / (c + b) for c, b, w in zip(curl, bucket, ours, strict=True)]
+        print(
+            "  boto3 upload_file of curl's file, 8 MiB parts, one at a time: "
+            f"{spread(bucket, '{:.2f}')} s"
+        )
+        print(f"  ratio to curl + that upload: {spread(floor_ratios, '{:.2f}')}x")
     print(f"  worker peak RSS : {spread(result['peak_rss_mib'], '{:.1f}')} MiB")
     if small is not None and large is not None:
         print(f"\nworker tick on {args.engine}: claim 100 due jobs + 100 due outputs")
