@@ -23,5 +23,7 @@ except ConfigError as error:
     raise SystemExit(APP_LOAD_ERROR) from None
 
 app.wsgi_app = ReadDeadline(  # type: ignore[method-assign]
-    app.wsgi_app, load_settings().request_read_timeout_seconds
+    app.wsgi_app,
+    load_settings().request_read_timeout_seconds,
+    max_body=app.config["MAX_CONTENT_LENGTH"],
 )
