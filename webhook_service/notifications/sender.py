@@ -15,6 +15,8 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+import httpx
+
 from ..addresses import Resolver
 from ..config import Settings
 from ..store import Store
@@ -43,6 +45,8 @@ class Sender:
         self.rand = rand
         self.resolve = resolve
         self.timeout = timeout
+        # Loading the CA bundle costs more than a whole attempt: once per worker.
+        self.ssl_context = httpx.create_ssl_context()
 
     @property
     def enabled(self) -> bool:
@@ -67,6 +71,7 @@ class Sender:
             allow_private=self.settings.allow_private_notify_urls,
             allow_http=self.settings.allow_insecure_callbacks,
             resolve=self.resolve,
+            ssl_context=self.ssl_context,
         )
         now = self.clock()
         store.end_notification_attempt(
