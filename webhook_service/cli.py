@@ -63,21 +63,24 @@ def migrate() -> None:
 )
 def worker(concurrency: int, lease_seconds: float | None) -> None:
     """Poll jobs whose callback is overdue and download outputs, until SIGTERM."""
-    from . import create_app
-    from .context import services
+    from . import prepare
+    from .logs import configure
+    from .modelgates import client_for
     from .worker import Worker
 
-    app = create_app()
-    with app.app_context():
-        found = services()
-        if found.settings.modelgates_api_key is None:
-            raise ConfigError("MODELGATES_API_KEY is required to run the worker")
-        runner = Worker(
-            found.settings,
-            found.client(),
-            concurrency=concurrency,
-            lease_seconds=lease_seconds or found.settings.worker_lease_seconds,
-        )
+    # No Flask app here: the worker needs none of the web edge (a smaller process).
+    settings = load_settings()
+    configure(settings.log_level, settings.log_format)
+    if settings.modelgates_api_key is None:
+        raise ConfigError("MODELGATES_API_KEY is required to run the worker")
+    media = prepare(settings, os.environ)
+    runner = Worker(
+        settings,
+        client_for(settings),
+        concurrency=concurrency,
+        lease_seconds=lease_seconds or settings.worker_lease_seconds,
+        media=media,
+    )
 
     def hard_stop() -> None:
         # Release what we hold if the database lets us at once; leave on time regardless

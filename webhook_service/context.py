@@ -15,7 +15,7 @@ from .catalog import ModelCatalog
 from .config import Settings
 from .errors import NotConfigured
 from .media import MediaStorage
-from .modelgates import ModelGatesClient
+from .modelgates import ModelGatesClient, client_for
 from .store import Store, open_store
 
 EXTENSION = "webhook_service"
@@ -38,13 +38,7 @@ class Services:
             raise NotConfigured("MODELGATES_API_KEY is not configured.")
         with self._lock:
             if self._client is None:
-                self._client = ModelGatesClient(
-                    self.settings.modelgates_base_url,
-                    self.settings.modelgates_api_key,
-                    referer=self.settings.public_base_url,
-                    title=self.settings.app_title,
-                    timeout=self.settings.upstream_timeout_seconds,
-                )
+                self._client = client_for(self.settings)
             return self._client
 
     def store(self) -> Store:

@@ -37,6 +37,7 @@ import httpx
 from httpcore._sync import http11
 
 from . import strict_json
+from .config import Settings
 from .retry_after import parse_retry_after
 
 # httpcore reads sockets 64 KiB at a time.  Outputs are gigabytes: 1 MiB reads made a
@@ -329,3 +330,15 @@ def _origin(url: str) -> tuple[str, str]:
 def _segment(value: str) -> str:
     """Quote an upstream id for use as one path segment."""
     return quote(value, safe="")
+
+
+def client_for(settings: Settings) -> ModelGatesClient:
+    """The upstream client the configuration describes (the API key must be set)."""
+    assert settings.modelgates_api_key is not None
+    return ModelGatesClient(
+        settings.modelgates_base_url,
+        settings.modelgates_api_key,
+        referer=settings.public_base_url,
+        title=settings.app_title,
+        timeout=settings.upstream_timeout_seconds,
+    )

@@ -27,7 +27,7 @@ from . import jobs
 from .config import Settings
 from .downloads import DownloadAborted, fetch
 from .leases import LeaseKeeper
-from .media import PartialObject, open_media
+from .media import MediaStorage, PartialObject, open_media
 from .modelgates import APIError, ModelGatesClient, ModelGatesError, RequestRefused
 from .notifications.sender import Sender
 from .store import Store, StoreUnavailable, open_store
@@ -79,6 +79,7 @@ class Worker:
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
         owner: str | None = None,
+        media: MediaStorage | None = None,
     ) -> None:
         self.settings = settings
         self.client = client
@@ -92,7 +93,7 @@ class Worker:
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="download")
         self._in_flight: dict[Future[None], dict[str, Any]] = {}
         self._round = (0.0, 0.0)  # (the round's `now`, the clock when it started)
-        self.media = open_media(settings)
+        self.media = media or open_media(settings)
         self.leases = LeaseKeeper(
             lambda: self.store, lambda: self.clock(), lease_seconds, self.stopping
         )
