@@ -270,7 +270,9 @@ def test_one_lost_claim_does_not_stop_the_others_from_being_renewed(
     )
     add_job(store, status="completed", next_poll_at=None, outputs=2)
     clock = Clock(T0)
-    worker = make_worker(settings, clock, "w")
+    # A read timeout longer than any wait here: the lost download stays stuck in its read.
+    client = ModelGatesClient(settings.modelgates_base_url, "key", timeout=120, sleep=lambda s: 0)
+    worker = Worker(settings, client, lease_seconds=LEASE, clock=clock, rand=lambda: 0.5, owner="w")
     worker.run_once(T0, wait=False)
     wait_until(lambda: len(worker.leases._leases) == 2)
     (_, lost_index), (_, kept_index) = list(worker.leases._leases)  # the first looked at is lost
