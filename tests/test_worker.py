@@ -409,3 +409,27 @@ def test_an_ambiguous_answer_after_the_deadline_leaves_the_ended_job_alone(env, 
     assert job["status"] == "submit_failed" and job["next_poll_at"] is None
     assert "not resubmitted" in job["error"]
     assert worker.run_once(row["created_at"] + 10_000) == 0
+
+
+def test_an_ambiguous_submit_claimed_early_is_not_polled_again_before_its_deadline(app, store):
+    now = time.time()
+    store.insert_job(
+        {
+            "id": "vj_ambiguous",
+            "callback_token": "tok-ambiguous",
+            "client": "c",
+            "request_hash": "h",
+            "status": "submitting",
+            "submit_outcome": "ambiguous",
+            "model": "google/veo-3.1",
+            "params": {"model": "google/veo-3.1"},
+            "created_at": now,
+            "updated_at": now,
+            "next_poll_at": now,  # due now, long before SUBMIT_TIMEOUT_SECONDS
+        }
+    )
+    worker = make_worker(app)
+    assert worker.run_once(now) == 1
+    deadline = now + app.extensions["webhook_service"].settings.submit_timeout_seconds
+    assert store.job("vj_ambiguous")["next_poll_at"] == deadline
+    assert worker.run_once(now + 1) == 0  # nothing to do until then

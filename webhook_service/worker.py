@@ -308,6 +308,8 @@ class Worker:
                 "next_poll_at": deadline,
                 "error": "the submitting process stopped before upstream answered",
             }
+        if job["submit_outcome"] is not None:  # ambiguous: only the deadline is left to wait for
+            return {"next_poll_at": deadline}
         return {"next_poll_at": min(deadline, max(now, in_flight_deadline(self.settings, job)))}
 
     # Downloads ------------------------------------------------------------------
@@ -317,6 +319,11 @@ class Worker:
         job_id, index = output["job_id"], output["idx"]
         job = store.job(job_id)
         assert job is not None and job["upstream_id"]
+        with store.transaction():  # fenced first: a stale claim must not touch the parts
+            claimed = store.update_output(job_id, index, {"status": "downloading"}, fence)
+        if not claimed:
+            log.warning("download %s/%s dropped: its claim was taken over", job_id, index)
+            return
         try:
             self.media.remove_stale(job_id, index)
             target = self.media.open_partial(job_id, index, fence)
@@ -327,10 +334,6 @@ class Worker:
             )
             return
         try:
-            with store.transaction():
-                claimed = store.update_output(job_id, index, {"status": "downloading"}, fence)
-            if not claimed:
-                raise DownloadAborted("claim lost before the download started")
             with self.leases.kept(job_id, index, fence) as lease:
 
                 def keep_going() -> bool:
