@@ -29,12 +29,14 @@ body, and any answer given before the request body was read says
 from __future__ import annotations
 
 import json
+import re
 import selectors
 import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
+from http import HTTPStatus
 from typing import Any
 
 from gunicorn import util
@@ -54,32 +56,40 @@ DRAIN_LIMIT = 32 * 1024
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 4 * 1024 * 1024
 
-# What gunicorn's own refusals say, by status; the status itself is gunicorn's.
-MESSAGES = {
-    400: "The request is not well-formed HTTP.",
-    403: "The request is forbidden.",
-    408: "The request was not received in time.",
-    414: "The request target is too long.",
-    417: "The request's expectation cannot be met.",
-    431: "The request's header fields are too large.",
-    500: "The service failed to handle the request.",
-    501: "The request uses a transfer coding this service does not support.",
+# What gunicorn's own refusals say, by status (the status itself is gunicorn's):
+# reason phrase, error code, message.
+ANSWERS = {
+    400: ("Bad Request", "bad_request", "The request is not well-formed HTTP."),
+    403: ("Forbidden", "forbidden", "The request is forbidden."),
+    408: ("Request Timeout", "request_timeout", "The request was not received in time."),
+    414: ("URI Too Long", "uri_too_long", "The request target is too long."),
+    417: ("Expectation Failed", "expectation_failed", "The request's expectation cannot be met."),
+    431: (
+        "Request Header Fields Too Large",
+        "request_header_fields_too_large",
+        "The request's header fields are too large.",
+    ),
+    500: ("Internal Server Error", "internal_error", "The service failed to handle the request."),
+    501: (
+        "Not Implemented",
+        "not_implemented",
+        "The request uses a transfer coding this service does not support.",
+    ),
 }
 
 
-def error_answer(status: int, reason: str, code: str | None = None) -> bytes:
+def error_answer(status: int) -> bytes:
     """A complete HTTP/1.1 answer with the service's JSON error body, closing the connection."""
-    if code is None:
-        code = "internal_error" if status == 500 else reason.lower().replace(" ", "_")
-    body = json.dumps(
-        {
-            "error": {
-                "code": code,
-                "message": MESSAGES.get(status, f"{reason}."),
-                "details": {},
-            }
-        }
-    ).encode()
+    try:
+        reason, code, message = ANSWERS[status]
+    except KeyError:
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = "Error"
+        code = re.sub(r"[^a-z]+", "_", reason.lower()).strip("_") or "error"
+        message = f"{reason}."
+    body = json.dumps({"error": {"code": code, "message": message, "details": {}}}).encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\n"
         "Content-Type: application/json\r\n"
@@ -89,8 +99,8 @@ def error_answer(status: int, reason: str, code: str | None = None) -> bytes:
     return head.encode("latin-1") + body
 
 
-TIMEOUT_RESPONSE = error_answer(408, "Request Timeout", "request_timeout")
-BAD_REQUEST_RESPONSE = error_answer(400, "Bad Request")
+TIMEOUT_RESPONSE = error_answer(408)
+BAD_REQUEST_RESPONSE = error_answer(400)
 
 
 class RequestBuffer:
@@ -285,13 +295,14 @@ class BufferingWorker(ThreadWorker):
 
         A large request's slot goes to the next one waiting.
         """
+        large = conn.__dict__.pop("large", False)  # before its next request may be gathered
         try:
             if fs.cancelled() or fs.exception() is not None or not fs.result():
                 self._linger(conn)
             else:
                 super().finish_request(conn, fs)
         finally:
-            if conn.__dict__.pop("large", False):
+            if large:
                 self.large_busy -= 1
                 while self.waiting and self.large_busy < self.large_slots:
                     self._dispatch(self.waiting.popleft(), registered=False, large=True)
@@ -309,9 +320,8 @@ class BufferingWorker(ThreadWorker):
         """Answer as gunicorn would (status, logs), but with the service's JSON error body."""
         answer = _CapturedAnswer()
         super().handle_error(req, answer, addr, exc)
-        status, _, reason = answer.status_line().partition(" ")
         try:
-            util.write_nonblock(client, error_answer(int(status), reason or "Error"))
+            util.write_nonblock(client, error_answer(answer.status()))
         except (OSError, ValueError):
             self.log.debug("Failed to send error message.")
 
@@ -410,12 +420,12 @@ class _CapturedAnswer:
     def sendall(self, data: bytes) -> None:
         self.data += data
 
-    def status_line(self) -> str:
-        """``"<status> <reason>"`` of the captured answer (500 if there is none)."""
-        line = self.data.partition(b"\r\n")[0].decode("latin-1")
-        _, _, status = line.partition(" ")
-        code = status.partition(" ")[0]
-        return status if code.isdigit() and len(code) == 3 else "500 Internal Server Error"
+    def status(self) -> int:
+        """The captured answer's status (500 if there is none)."""
+        parts = self.data.partition(b"\r\n")[0].split(b" ")
+        if len(parts) > 1 and parts[1].isdigit() and len(parts[1]) == 3:
+            return int(parts[1])
+        return 500
 
 
 class CloseUnlessDrained:
