@@ -125,6 +125,7 @@ def _render(error: HTTPException) -> Response:
         # werkzeug's own 500 text is a paragraph about overload; say the same as ours.
         return error_response(status, "internal_error", ServiceError.description)
     code = (error.name or "error").lower().replace(" ", "_").replace("'", "")
+    code = {"request_entity_too_large": PayloadTooLarge.error_code}.get(code, code)
     # Keep what the status needs besides the body: Allow, Content-Range, WWW-Authenticate.
     kept = {name: value for name, value in error.get_headers() if name.lower() != "content-type"}
     return error_response(status, code, error.description or error.name, headers=kept)
