@@ -265,7 +265,9 @@ def test_secrets_never_appear_in_the_repr():
 def test_dotenv_in_the_working_directory_is_read(tmp_path, monkeypatch):
     (tmp_path / ".env").write_text("WORKER_LEASE_SECONDS=42\nLOG_FORMAT=json\n")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("WORKER_LEASE_SECONDS", raising=False)
+    # Set, then delete: so the value .env puts into os.environ is removed after the test.
+    monkeypatch.setenv("WORKER_LEASE_SECONDS", "5")
+    monkeypatch.delenv("WORKER_LEASE_SECONDS")
     monkeypatch.setenv("LOG_FORMAT", "text")
     settings = load_settings()
     assert settings.worker_lease_seconds == 42
