@@ -221,6 +221,7 @@ class Chromium:
                 "--disable-component-update",
                 "--disable-sync",
                 "--autoplay-policy=no-user-gesture-required",
+                "--window-size=1280,900",
                 "--remote-debugging-pipe",
                 f"--user-data-dir={profile}",
                 "about:blank",
@@ -294,9 +295,20 @@ class Chromium:
         )
 
     def screenshot(self, path: Path) -> None:
-        data = self.send(
-            "Page.captureScreenshot", session=True, format="png", captureBeyondViewport=True
-        )["data"]
+        def capture() -> str | None:
+            try:  # a page still being laid out has no width yet: try again shortly
+                return str(
+                    self.send(
+                        "Page.captureScreenshot",
+                        session=True,
+                        format="png",
+                        captureBeyondViewport=True,
+                    )["data"]
+                )
+            except RuntimeError:
+                return None
+
+        data = wait_for(capture, what=f"a screenshot for {path.name}")
         path.write_bytes(base64.b64decode(data))
 
     def close(self) -> None:
