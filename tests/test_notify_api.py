@@ -149,3 +149,22 @@ def test_a_notify_url_default_that_every_submit_would_refuse_stops_the_start(env
 
     with pytest.raises(ConfigError, match="NOTIFY_URL"):
         create_app({**env, "NOTIFY_URL": url, "TESTING": True})
+
+
+def test_a_submit_upstream_refuses_is_notified_as_submit_failed(env, sandbox, receivers):  # noqa: F811
+    from webhook_service import create_app
+
+    receiver = receivers(OK)
+    app = create_app({**env, "ALLOW_PRIVATE_NOTIFY_URLS": "1", "TESTING": True})
+    sandbox.add_fault(endpoint="submit", status=400)
+    body = {**VALID, "notify_url": receiver.url + "/hooks/videos"}
+    answer = app.test_client().post("/api/jobs", json=body, headers=AUTH)
+    assert answer.status_code == 422
+    job_id = answer.get_json()["error"]["details"]["job_id"]
+    settings = app.extensions["webhook_service"].settings
+    worker = Worker(settings, ModelGatesClient(settings.modelgates_base_url, "k"), rand=lambda: 0.5)
+    worker.run_once()
+    [request] = receiver.requests
+    event = Webhook(SECRET).verify(request["body"], request["headers"])
+    assert event["type"] == "job.submit_failed" and event["data"]["id"] == job_id
+    assert event["data"]["settled"] is True
