@@ -180,7 +180,8 @@ def apply_observation(
         )
     if change.new_outputs:
         store.create_outputs(job["id"], change.new_outputs, now)
-    queue_notification(store, job["id"], now)
+    if job["notify_url"] and is_terminal(change.changes.get("status", job["status"])):
+        queue_notification(store, job["id"], now)
     return change
 
 
