@@ -170,7 +170,7 @@ def receive(
     try:
         return store.batched(store_and_apply)
     except StoreUnavailable:
-        raise  # the database itself failed: answer 500 so the sender retries
+        raise  # the database itself failed: answer 503 so the sender retries
     except Exception as error:
         # Applying failed (a bug, say): keep the event for `replay`, still acknowledged.
         log.exception("applying event for %s failed; kept for replay", envelope.upstream_id)

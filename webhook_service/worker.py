@@ -1,10 +1,12 @@
-"""The worker: polls jobs whose callback is overdue, and downloads every output.
+"""The worker: polls jobs whose callback is overdue, downloads every output, and sends
+the notifications of settled jobs.
 
 Work is claimed from the store with leases (owner, expiry, and a fence that grows
-with every claim), so several worker processes and threads can share one SQLite
-file: a claim whose lease ran out is picked up again, and a stalled worker's late
-writes are refused because its fence is old.  `run_once(now)` does one round and
-is what tests drive; `run` is the process loop that stops cleanly on SIGTERM.
+with every claim), so any number of worker processes, on any machines, can share
+the database: a claim whose lease ran out is picked up again, and a stalled
+worker's late writes are refused because its fence is old.  `run_once(now)` does
+one round and is what tests drive; `run` is the process loop that stops cleanly
+on SIGTERM, and waits for new work with `Store.wait_for_change` in between.
 
 A poll answer goes through the same state machine as a callback.  Jobs left in
 ``submitting`` are settled here and never resubmitted.
@@ -43,7 +45,7 @@ POLLS_PER_ROUND = 50
 IDLE_SECONDS = 0.5
 SHUTDOWN_GRACE_SECONDS = 7.0
 SENDERS = 4  # notifications sent at once
-RECORD_RETRY_SECONDS = 0.5  # how often running downloads' leases are looked at
+RECORD_RETRY_SECONDS = 0.5  # between tries to record a stored output while the database is away
 
 
 def poll_delay(

@@ -225,7 +225,7 @@ class Store(ABC):
 
     @abstractmethod
     def next_due_at(self) -> float | None:
-        """Return the earliest time any poll or download is due."""
+        """Return the earliest time any poll, download or notification is due."""
 
     # Observability (read-only) ------------------------------------------------------
 

@@ -468,7 +468,7 @@ class SqliteStore(Store):
         return int(self._execute("PRAGMA data_version").fetchone()[0])
 
     def next_due_at(self) -> float | None:
-        """Return the earliest time any poll or download is due."""
+        """Return the earliest time any poll, download or notification is due."""
         row = self._execute(
             "SELECT min(t) FROM (SELECT min(next_poll_at) AS t FROM jobs"
             " WHERE next_poll_at IS NOT NULL UNION ALL SELECT min(next_attempt_at) FROM outputs"
