@@ -210,6 +210,7 @@ def test_send_video_builds_the_whole_answer_for_a_view(engine: Engine) -> None:
         return
     assert answer.status_code == 307
     assert "no-store" in answer.headers["Cache-Control"]
+    assert answer.get_json() == {"url": answer.headers["Location"]}  # JSON, like every answer
     followed = httpx.get(answer.headers["Location"], headers={"Range": "bytes=10-19"})
     assert followed.status_code == 206 and followed.content == data[10:20]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -24,7 +25,7 @@ from .sandbox.cli import sandbox_command
 from .signatures import sign
 from .store import Store, open_store
 
-STOP_DEADLINE_SECONDS = 9.0
+STOP_DEADLINE_SECONDS = 8.0
 RELEASE_SECONDS = 0.5
 
 
@@ -102,8 +103,11 @@ def worker(concurrency: int, lease_seconds: float | None) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    if not runner.run():
-        os._exit(0)  # a download thread is stuck in a read; its claim is already released
+    runner.run()
+    # Claims are released and everything durable is in the database: leave now rather
+    # than wait for a thread stuck in a read (a slow download or notification).
+    logging.shutdown()
+    os._exit(0)
 
 
 @cli.group("events")

@@ -43,7 +43,7 @@ DOWNLOAD_CAP_SECONDS = 600.0
 NOT_FOUND_LIMIT = 3
 POLLS_PER_ROUND = 50
 IDLE_SECONDS = 0.5
-SHUTDOWN_GRACE_SECONDS = 7.0
+SHUTDOWN_GRACE_SECONDS = 6.0
 SENDERS = 4  # notifications sent at once
 RECORD_RETRY_SECONDS = 0.5  # between tries to record a stored output while the database is away
 

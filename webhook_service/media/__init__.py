@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flask import redirect, send_file
+from flask import jsonify, send_file
 from werkzeug.wrappers import Response
 
 from .base import (
@@ -94,7 +94,9 @@ def send_video(
     """
     served = storage.serve(job_id, index)
     if served.url is not None:
-        response = redirect(served.url, code=307)
+        response = jsonify({"url": served.url})  # JSON like every answer, for who reads it
+        response.status_code = 307
+        response.headers["Location"] = served.url
         response.headers["Cache-Control"] = REDIRECT_CACHE_CONTROL
         return response
     assert served.path is not None
