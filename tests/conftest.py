@@ -40,6 +40,7 @@ POSTGRES_MODULES = frozenset(
         "test_notify_api",
         "test_metrics",
         "test_status",
+        "test_dashboard",
     }
 )
 # Tests that look at the SQLite file itself (same as marking them sqlite_only).

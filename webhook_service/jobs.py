@@ -191,13 +191,14 @@ def is_settled(job: Mapping[str, Any], outputs: Sequence[Mapping[str, Any]]) -> 
     A terminal job is settled, except a completed one whose outputs are not all
     ``downloaded`` or ``failed`` yet (or not even known yet).
     """
-    if job["status"] not in TERMINAL:
+    if not upstream_done(job):
         return False
-    if job["status"] != COMPLETED:
-        return True
-    return bool(job["outputs_known"]) and all(
-        output["status"] in ("downloaded", "failed") for output in outputs
-    )
+    return all(output["status"] in ("downloaded", "failed") for output in outputs)
+
+
+def upstream_done(job: Mapping[str, Any]) -> bool:
+    """Answer whether upstream has nothing more to tell: terminal, outputs known."""
+    return job["status"] in TERMINAL and (job["status"] != COMPLETED or bool(job["outputs_known"]))
 
 
 def queue_notification(store: Store, job_id: str, now: float) -> bool:

@@ -278,9 +278,6 @@ class Worker:
             if seen is not None and jobs.apply_observation(self.store, fresh, seen, now):
                 fresh = self.store.job(job["id"])
                 assert fresh is not None
-            settled = jobs.is_terminal(fresh["status"]) and (
-                fresh["status"] != jobs.COMPLETED or fresh["outputs_known"]
-            )
             delay = poll_delay(
                 job["polls"], self.settings.poll_interval_seconds, self.rand, retry_after
             )
@@ -288,7 +285,7 @@ class Worker:
                 job["id"],
                 job["fence"],
                 {
-                    "next_poll_at": None if settled else now + delay,
+                    "next_poll_at": None if jobs.upstream_done(fresh) else now + delay,
                     "polls": job["polls"] + 1,
                     "poll_not_found": not_found,
                 },

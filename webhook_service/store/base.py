@@ -20,6 +20,17 @@ T = TypeVar("T")
 Row = dict[str, Any]
 
 
+def where(conditions: Iterable[tuple[str, Any]]) -> tuple[str, list[Any]]:
+    """A ``WHERE`` clause and its parameters from (SQL condition, value) pairs.
+
+    A pair whose value is None is left out; each condition holds one placeholder in
+    the engine's own spelling (``status = ?``, ``seq < %s``).
+    """
+    kept = [(condition, value) for condition, value in conditions if value is not None]
+    clause = " AND ".join(condition for condition, _ in kept)
+    return (f"WHERE {clause}" if kept else ""), [value for _, value in kept]
+
+
 class StoreUnavailable(Exception):
     """The database cannot be reached or written right now."""
 

@@ -45,7 +45,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from .base import Row, Store, StoreUnavailable, T
+from .base import Row, Store, StoreUnavailable, T, where
 from .postgres_schema import MIGRATIONS
 
 DEFAULT_POOL_SIZE = 4
@@ -393,15 +393,7 @@ class PostgresStore(Store):
 
     def list_jobs(self, status: str | None, limit: int, before_seq: int | None) -> list[Row]:
         """Return jobs newest first, optionally filtered, older than ``before_seq``."""
-        where: list[str] = []
-        params: list[Any] = []
-        if status is not None:
-            where.append("status = %s")
-            params.append(status)
-        if before_seq is not None:
-            where.append("seq < %s")
-            params.append(before_seq)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, params = where([("status = %s", status), ("seq < %s", before_seq)])
         return self._all(
             f"SELECT * FROM jobs {clause} ORDER BY seq DESC LIMIT %s", [*params, _limit(limit)]
         )
@@ -491,20 +483,14 @@ class PostgresStore(Store):
         limit: int = 50,
     ) -> list[Row]:
         """Return stored events newest first, filtered."""
-        where: list[str] = []
-        params: list[Any] = []
-        for column, value in (
-            ("verdict", verdict),
-            ("job_id", job_id),
-            ("upstream_id", upstream_id),
-        ):
-            if value is not None:
-                where.append(f"{column} = %s")
-                params.append(value)
-        if since is not None:
-            where.append("received_at >= %s")
-            params.append(since)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, params = where(
+            [
+                ("verdict = %s", verdict),
+                ("job_id = %s", job_id),
+                ("upstream_id = %s", upstream_id),
+                ("received_at >= %s", since),
+            ]
+        )
         return self._all(
             f"SELECT * FROM events {clause} ORDER BY id DESC LIMIT %s", [*params, _limit(limit)]
         )
@@ -542,13 +528,7 @@ class PostgresStore(Store):
         self, status: str | None = None, job_id: str | None = None, limit: int = 50
     ) -> list[Row]:
         """Return notifications newest first, filtered."""
-        where: list[str] = []
-        params: list[Any] = []
-        for column, value in (("status", status), ("job_id", job_id)):
-            if value is not None:
-                where.append(f"{column} = %s")
-                params.append(value)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, params = where([("status = %s", status), ("job_id = %s", job_id)])
         return self._all(
             f"SELECT * FROM notifications {clause} ORDER BY created_at DESC, job_id LIMIT %s",
             [*params, _limit(limit)],

@@ -21,7 +21,7 @@ from typing import Any
 
 import sqlite_utils
 
-from .base import Row, Store, StoreUnavailable, T
+from .base import Row, Store, StoreUnavailable, T, where
 from .sqlite_schema import migrations
 from .writers import GroupCommit, WriteLock
 
@@ -161,15 +161,7 @@ class SqliteStore(Store):
 
     def list_jobs(self, status: str | None, limit: int, before_seq: int | None) -> list[Row]:
         """Return jobs newest first, optionally filtered, older than ``before_seq``."""
-        where: list[str] = []
-        params: list[Any] = []
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
-        if before_seq is not None:
-            where.append("seq < ?")
-            params.append(before_seq)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, params = where([("status = ?", status), ("seq < ?", before_seq)])
         return self._all(f"SELECT * FROM jobs {clause} ORDER BY seq DESC LIMIT ?", [*params, limit])
 
     def count_jobs_by_status(self) -> dict[str, int]:
@@ -251,20 +243,14 @@ class SqliteStore(Store):
         limit: int = 50,
     ) -> list[Row]:
         """Return stored events newest first, filtered."""
-        where: list[str] = []
-        params: list[Any] = []
-        for column, value in (
-            ("verdict", verdict),
-            ("job_id", job_id),
-            ("upstream_id", upstream_id),
-        ):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        if since is not None:
-            where.append("received_at >= ?")
-            params.append(since)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, params = where(
+            [
+                ("verdict = ?", verdict),
+                ("job_id = ?", job_id),
+                ("upstream_id = ?", upstream_id),
+                ("received_at >= ?", since),
+            ]
+        )
         return self._all(
             f"SELECT * FROM events {clause} ORDER BY id DESC LIMIT ?", [*params, limit]
         )
@@ -299,13 +285,7 @@ class SqliteStore(Store):
         self, status: str | None = None, job_id: str | None = None, limit: int = 50
     ) -> list[Row]:
         """Return notifications newest first, filtered."""
-        where: list[str] = []
-        params: list[Any] = []
-        for column, value in (("status", status), ("job_id", job_id)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, params = where([("status = ?", status), ("job_id = ?", job_id)])
         return self._all(
             f"SELECT * FROM notifications {clause} ORDER BY created_at DESC, job_id LIMIT ?",
             [*params, limit],
