@@ -391,6 +391,34 @@ def test_strict_loader_limits_depth_and_walks_without_recursion():
     assert lenient["a"] != lenient["a"] and lenient["b"] == float("inf")
 
 
+ANY_TEXT = st.text(st.characters() | st.sampled_from(["\x00", "\ud800", "\udfff"]), max_size=6)
+NESTED = st.recursive(
+    st.none() | st.booleans() | st.integers() | ANY_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(ANY_TEXT, inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(NESTED, st.integers(min_value=0, max_value=70), st.booleans())
+def test_lenient_bytes_are_refused_exactly_when_the_full_walk_refuses(value, depth, ascii_only):
+    """The shortcut for plain bodies (no \\u escape, few brackets) never lets through
+    what walking the parsed value refuses: lone surrogates, NUL, deep nesting."""
+    text = "[" * depth + json.dumps(value, ensure_ascii=ascii_only) + "]" * depth
+    try:
+        body = text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate written raw: not UTF-8 at all
+        return
+
+    def outcome(raw: bytes | str) -> str:
+        try:
+            return repr(strict_json.loads(raw, strict=False))
+        except strict_json.JSONRefused as refused:
+            return f"refused: {refused.message}"
+
+    assert outcome(body) == outcome(text)  # a str is always walked
+
+
 # Over a real socket ------------------------------------------------------------
 
 RAW_REQUESTS = [

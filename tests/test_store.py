@@ -400,6 +400,61 @@ def test_while_the_database_is_away_healthz_and_the_api_answer_503_then_recover(
     assert client.get("/api/jobs", headers=AUTH).status_code == 200
 
 
+@pytest.mark.sqlite_only  # sets up its own PostgreSQL database
+def test_pooled_connections_the_server_closed_while_idle_are_skipped_not_failed(
+    pg_app, postgres_server
+):
+    """A transaction sends BEGIN with its first read: dead idle connections are found first."""
+    _, url = pg_app
+    store = PostgresStore(url, pool_size=4)
+    held = threading.Barrier(4)
+
+    def hold(n: int) -> None:  # four transactions at once: the pool opens four connections
+        with store.transaction():
+            store.insert_job(a_job(f"vj_{n}"))
+            held.wait(timeout=30)
+
+    run_together(4, hold)
+    with psycopg.connect(postgres_server.admin_url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            [url.rsplit("/", 1)[1]],
+        )
+        deadline = time.monotonic() + 10
+        while backends_of(admin, url) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    for n in range(8):  # every pooled connection is dead; none of these may fail
+        with store.transaction():
+            store.update_job(f"vj_{n % 4}", {"status": "pending"})
+            assert store.job(f"vj_{n % 4}")["status"] == "pending"
+    assert store.count_jobs_by_status() == {"pending": 4}
+    store.close()
+
+
+def backends_of(admin: psycopg.Connection[Any], url: str) -> int:
+    [(count,)] = admin.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+        [url.rsplit("/", 1)[1]],
+    ).fetchall()
+    return int(count)
+
+
+def test_a_write_that_fails_after_its_call_returned_still_undoes_the_transaction(store):
+    """Writes whose answer nobody reads may report their error later (at COMMIT on
+    PostgreSQL): the block still raises, and nothing of it is kept."""
+    store.insert_job(a_job("vj_1"))
+    with pytest.raises(Exception) as raised:
+        with store.transaction():
+            store.update_job("vj_1", {"status": "pending"})
+            store.update_job("vj_1", {"created_at": None})  # NOT NULL: refused
+    assert not isinstance(raised.value, StoreUnavailable)
+    assert store.job("vj_1")["status"] == "submitting"
+    with store.transaction():  # the connection is usable again
+        store.update_job("vj_1", {"status": "pending"})
+    assert store.job("vj_1")["status"] == "pending"
+
+
 def backends(spy: psycopg.Connection[Any]) -> int:
     """How many other connections the spy's database has now."""
     [(count,)] = spy.execute(

@@ -54,6 +54,7 @@ class Envelope:
     upstream_id: str
     status: str
     data: Mapping[str, Any]
+    created_at: Any = None  # as upstream wrote it; only the lag metric reads it
 
     @property
     def known(self) -> bool:
@@ -97,7 +98,7 @@ def parse_envelope(body: bytes) -> Envelope:
         raise EnvelopeError("data.status is missing")
     if event_type != EVENT_PREFIX + status:
         raise EnvelopeError(f"type {event_type} disagrees with data.status {status}")
-    return Envelope(event_type, upstream_id, status, data)
+    return Envelope(event_type, upstream_id, status, data, payload.get("created_at"))
 
 
 def dedup_key(body: bytes, headers: Headers) -> str:
@@ -129,7 +130,6 @@ def receive(
         "headers": json.dumps(kept, sort_keys=True),
         "signed_at": signed_at,
         "received_at": now,
-        "lag_seconds": callback_lag(body, now),
         "remote_addr": (source or {}).get("remote_addr"),
         "url": (source or {}).get("url"),
     }
@@ -138,6 +138,7 @@ def receive(
     except EnvelopeError as error:
         row.update(
             dedup_key="rejected:" + hashlib.sha256(body).hexdigest(),
+            lag_seconds=None,  # not an upstream event: no lag to measure
             verdict="rejected",
             received_verdict="rejected",
             reason=str(error),
@@ -149,6 +150,7 @@ def receive(
         dedup_key=dedup_key(body, headers),
         event_type=envelope.type,
         upstream_id=envelope.upstream_id,
+        lag_seconds=callback_lag(envelope.created_at, now),
     )
 
     def store_and_apply(store: Store) -> Receipt:

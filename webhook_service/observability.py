@@ -7,7 +7,6 @@ model's finished jobs that only polling finished: the callbacks ModelGates misse
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -17,14 +16,15 @@ LAG_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0
 """Upper bounds (seconds) of the callback lag histogram; ``+Inf`` is implied."""
 
 
-def callback_lag(body: bytes, received_at: float) -> float | None:
-    """Seconds from the event's ``created_at`` to ``received_at``; None when unknown."""
-    try:
-        created = json.loads(body).get("created_at")
-        moment = datetime.fromisoformat(created).timestamp() if isinstance(created, str) else None
-    except (ValueError, TypeError, AttributeError, OverflowError, RecursionError):
+def callback_lag(created_at: Any, received_at: float) -> float | None:
+    """Seconds from an event's ``created_at`` (as parsed) to ``received_at``; None when unknown."""
+    if not isinstance(created_at, str):
         return None
-    if moment is None or not math.isfinite(lag := received_at - moment):
+    try:
+        moment = datetime.fromisoformat(created_at).timestamp()
+    except (ValueError, OverflowError):  # not ISO 8601, or out of datetime's range
+        return None
+    if not math.isfinite(lag := received_at - moment):
         return None
     return lag
 

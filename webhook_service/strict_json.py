@@ -47,8 +47,23 @@ def loads(body: bytes | str, *, strict: bool = True, max_depth: int = MAX_DEPTH)
         raise JSONRefused("The body is nested too deeply.") from None
     except (UnicodeDecodeError, ValueError):
         raise JSONRefused("The body is not JSON.") from None
-    _check(value, strict, max_depth)
+    if strict or not _plainly_fine(body, text, max_depth):
+        _check(value, strict, max_depth)
     return value
+
+
+def _plainly_fine(body: bytes | str, text: str, max_depth: int) -> bool:
+    """Answer whether the text alone proves the walk would find nothing (numbers unchecked).
+
+    Decoded UTF-8 holds no lone surrogate, and a JSON string holds no raw NUL,
+    so without a ``\\u`` escape neither can appear; fewer brackets than
+    ``max_depth`` bound the nesting.  Signed callbacks take this road.
+    """
+    return (
+        isinstance(body, bytes)
+        and "\\u" not in text
+        and text.count("{") + text.count("[") < max_depth
+    )
 
 
 def _refuse_constant(name: str) -> None:

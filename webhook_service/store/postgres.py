@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import re
+import select
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -41,6 +42,7 @@ from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import psycopg
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
@@ -96,6 +98,7 @@ STOP_CHECK_SECONDS = 0.25
 
 class _Local(threading.local):
     conn: Connection | None = None
+    pipeline: psycopg.Pipeline | None = None
     depth = 0
     listener: Connection | None = None
 
@@ -199,10 +202,13 @@ class PostgresStore(Store):
             if isinstance(params, Mapping)
             else _values(params)
         )
-        conn = self._local.conn
+        conn, pipeline = self._local.conn, self._local.pipeline
         if conn is not None:
             try:
-                return _Result.of(conn.execute(sql, cleaned))
+                cursor = conn.execute(sql, cleaned)
+                if pipeline is not None:
+                    pipeline.sync()  # this answer is read: send what waits with it
+                return _Result.of(cursor)
             except psycopg.OperationalError as error:
                 raise self._unavailable(error) from error
         # Out of a transaction every statement here is idempotent or fenced: a pooled
@@ -219,6 +225,22 @@ class PostgresStore(Store):
                     continue
                 raise self._unavailable(error) from error
 
+    def _send(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run a statement whose answer nobody reads.
+
+        In a transaction it only joins the pipeline: it reaches the server with the
+        next statement whose answer is read, or with COMMIT, so a callback costs
+        three round trips instead of eight.  An error it meets is raised there.
+        """
+        conn = self._local.conn
+        if conn is None or self._local.pipeline is None:
+            self._query(sql, params)
+            return
+        try:
+            conn.execute(sql, _values(params))
+        except psycopg.OperationalError as error:
+            raise self._unavailable(error) from error
+
     def _one(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Row | None:
         rows = self._query(sql, params).rows
         return rows[0] if rows else None
@@ -227,20 +249,22 @@ class PostgresStore(Store):
         return self._query(sql, params).rows
 
     def _update(self, table: str, where: str, params: list[Any], changes: Mapping[str, Any]) -> int:
+        """Set ``changes`` where ``where`` holds; return how many rows matched."""
         if not changes:
             return 0
-        columns = ", ".join(f"{name} = %s" for name in _columns(changes))
-        result = self._query(
-            f"UPDATE {table} SET {columns} WHERE {where}", [*changes.values(), *params]
-        )
-        return result.rowcount
+        return self._query(*_update_statement(table, where, params, changes)).rowcount
+
+    def _set(self, table: str, where: str, params: list[Any], changes: Mapping[str, Any]) -> None:
+        """`_update` when nobody reads the count: it joins the transaction's pipeline."""
+        if changes:
+            self._send(*_update_statement(table, where, params, changes))
 
     def _in_transaction(self) -> bool:
         return self._local.conn is not None
 
     def _lock(self, *parts: str) -> None:
         """Take a transaction-scoped advisory lock (released at COMMIT or ROLLBACK)."""
-        self._query("SELECT pg_advisory_xact_lock(%s)", [lock_key(*parts)])
+        self._send("SELECT pg_advisory_xact_lock(%s)", [lock_key(*parts)])
 
     def _for_update(self) -> str:
         return " FOR UPDATE" if self._in_transaction() else ""
@@ -303,41 +327,53 @@ class PostgresStore(Store):
                 local.depth -= 1
             return
         pool = self._pool()
-        conn = self._begin(pool)
+        conn = self._checkout(pool)
         local.conn, local.depth = conn, 0
         try:
             try:
-                yield self
+                # Pipeline mode: BEGIN, and the writes whose answers nobody reads (`_send`),
+                # travel with the next statement that is read, or with COMMIT.
+                with conn.pipeline() as pipeline:
+                    local.pipeline = pipeline
+                    conn.execute("BEGIN")
+                    yield self
+                    conn.execute("COMMIT")
             except BaseException:
-                if not conn.broken:
+                local.pipeline = None
+                if not conn.broken and conn.info.transaction_status != pq.TransactionStatus.IDLE:
                     try:
                         conn.execute("ROLLBACK")
                     except psycopg.Error:
                         pass  # the connection died; the server rolled back already
                 raise
-            try:
-                conn.execute("COMMIT")
-            except psycopg.OperationalError as error:
-                raise self._unavailable(error) from error
+        except psycopg.OperationalError as error:  # COMMIT, or a queued write, met it
+            raise self._unavailable(error) from error
         finally:
-            local.conn = None
+            local.conn, local.pipeline = None, None
             pool.putconn(conn)
 
-    def _begin(self, pool: ConnectionPool[Connection]) -> Connection:
-        """Check out a connection and BEGIN on it; skip connections that died idle."""
+    def _checkout(self, pool: ConnectionPool[Connection]) -> Connection:
+        """Check out a connection; skip connections the server closed while they sat idle.
+
+        BEGIN no longer travels alone, so it cannot be the probe: a connection whose
+        socket has something to read while idle (EOF, or the server's notice that it
+        is shutting down) is probed with a round trip; a quiet one costs nothing.
+        """
         for attempt in range(self.pool_size + 1):
             try:
                 conn = pool.getconn()
             except psycopg.OperationalError as error:  # PoolTimeout, TooManyRequests
                 raise self._unavailable(error) from error
             try:
-                conn.execute("BEGIN")
+                if _quiet(conn):
+                    return conn
+                conn.execute("SELECT 1")
+                return conn
             except psycopg.OperationalError as error:
                 pool.putconn(conn)
                 if conn.broken and attempt < self.pool_size:
                     continue
                 raise self._unavailable(error) from error
-            return conn
         raise AssertionError("unreachable")
 
     def batched(self, work: Callable[[Store], T]) -> T:
@@ -389,7 +425,7 @@ class PostgresStore(Store):
         """Set columns of one job."""
         if changes.get("upstream_id") and self._in_transaction():
             self._lock("upstream", str(changes["upstream_id"]))
-        self._update("jobs", "id = %s", [job_id], changes)
+        self._set("jobs", "id = %s", [job_id], changes)
 
     def list_jobs(self, status: str | None, limit: int, before_seq: int | None) -> list[Row]:
         """Return jobs newest first, optionally filtered, older than ``before_seq``."""
@@ -407,17 +443,17 @@ class PostgresStore(Store):
 
     def create_outputs(self, job_id: str, count: int, now: float) -> None:
         """Create output rows 0..count-1 for a job, due for download now."""
-        self._query(
+        self._send(
             "INSERT INTO outputs (job_id, idx, next_attempt_at, created_at, updated_at)"
-            " SELECT %(job)s, i, %(now)s, %(now)s, %(now)s FROM generate_series(0, %(n)s - 1) i"
+            " SELECT %s, i, %s, %s, %s FROM generate_series(0, %s - 1) i"
             " ON CONFLICT DO NOTHING",
-            {"job": job_id, "now": now, "n": count},
+            [job_id, now, now, now, count],
         )
         self._wake_workers()
 
     def _wake_workers(self) -> None:
         """Tell listening workers that work became due (sent when the transaction commits)."""
-        self._query(f"SELECT pg_notify('{WAKE_CHANNEL}', '')")
+        self._send(f"SELECT pg_notify('{WAKE_CHANNEL}', '')")
 
     def outputs(self, job_ids: Iterable[str]) -> dict[str, list[Row]]:
         """Return each job's outputs by index, for many jobs in one query."""
@@ -460,7 +496,7 @@ class PostgresStore(Store):
 
     def update_event(self, event_id: int, changes: Mapping[str, Any]) -> None:
         """Set columns of one stored event."""
-        self._update("events", "id = %s", [event_id], changes)
+        self._set("events", "id = %s", [event_id], changes)
 
     def event(self, event_id: int) -> Row | None:
         """Return one stored event."""
@@ -816,7 +852,25 @@ class _Result:
     @classmethod
     def of(cls, cursor: psycopg.Cursor[Row]) -> _Result:
         """Read a cursor's rows (if the statement returns any) and row count."""
-        return cls(cursor.fetchall() if cursor.description else [], cursor.rowcount)
+        # The result's status, not `description`: that builds a Column object per column.
+        result = cursor.pgresult
+        returned = result is not None and result.status == pq.ExecStatus.TUPLES_OK
+        return cls(cursor.fetchall() if returned else [], cursor.rowcount)
+
+
+def _update_statement(
+    table: str, where: str, params: list[Any], changes: Mapping[str, Any]
+) -> tuple[str, list[Any]]:
+    columns = ", ".join(f"{name} = %s" for name in _columns(changes))
+    return f"UPDATE {table} SET {columns} WHERE {where}", [*changes.values(), *params]
+
+
+def _quiet(conn: Connection) -> bool:
+    """Answer whether an idle connection has nothing waiting to be read (no round trip)."""
+    if conn.closed:
+        return False
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    return not readable
 
 
 def _split(rows: list[Row], token: str | None, upstream_id: str) -> tuple[Row | None, Row | None]:
