@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +23,7 @@ from pg import PostgresServer, free_port
 
 from webhook_service import create_app, events, submission
 from webhook_service.config import Settings
-from webhook_service.store import Store, StoreUnavailable
+from webhook_service.store import Store, StoreUnavailable, wakeups
 from webhook_service.store.postgres import PostgresStore
 from webhook_service.store.postgres_schema import MIGRATIONS
 from webhook_service.store.sqlite import SqliteStore
@@ -508,6 +509,37 @@ def test_an_idle_worker_is_woken_by_new_work_committed_elsewhere(new_store):
         thread.join(0.2)
     thread.join(20)
     assert woke == [True]
+
+
+@pytest.mark.sqlite_only
+def test_work_committed_elsewhere_rings_an_idle_sqlite_worker_without_its_poll(tmp_path):
+    """With its data_version poll turned down to once an hour, the doorbell alone wakes it;
+    a socket left by a dead worker is removed on the way."""
+    path = tmp_path / "db.sqlite3"
+    writer = SqliteStore(path)
+    writer.migrate()
+    folder = wakeups.folder_for(path)
+    folder.mkdir()
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stale.bind(str(folder / "dead-worker"))
+    stale.close()  # its file stays, as after a kill -9
+    waiter = SqliteStore(path, change_check_seconds=3600)
+    woke: list[bool] = []
+    thread = threading.Thread(target=lambda: woke.append(waiter.wait_for_change(60, lambda: False)))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not any(folder.glob(f"{os.getpid()}-*")):  # the waiter has bound its socket
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with writer.transaction():
+        writer.insert_job(a_job("vj_1"))
+        writer.create_outputs("vj_1", 1, time.time())
+    thread.join(10)
+    assert woke == [True]
+    assert not (folder / "dead-worker").exists()
+    waiter.close()
+    assert not any(folder.iterdir())  # closing removes its socket
+    writer.close()
 
 
 def test_waiting_for_change_gives_up_at_the_timeout_or_when_stopped(store):

@@ -23,17 +23,28 @@ import sqlite_utils
 
 from .base import Row, Store, StoreUnavailable, T, where
 from .sqlite_schema import migrations
+from .wakeups import Doorbell, folder_for, ring
 from .writers import GroupCommit, WriteLock
 
 BUSY_TIMEOUT_MS = 10_000
-CHANGE_CHECK_SECONDS = 0.005
+CHANGE_CHECK_SECONDS = 0.05
+"""How often an idle worker looks at ``PRAGMA data_version``, behind its doorbell."""
 
 
 class SqliteStore(Store):
     """The store on one SQLite file, through one connection (one per thread)."""
 
-    def __init__(self, path: Path | str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+        change_check_seconds: float = CHANGE_CHECK_SECONDS,
+    ) -> None:
         self.path = Path(path)
+        self.change_check_seconds = change_check_seconds
+        self._wake_folder = folder_for(self.path)
+        self._doorbell: Doorbell | None = None
+        self._work_became_due = False
         try:
             conn = sqlite3.connect(
                 str(self.path),
@@ -59,7 +70,9 @@ class SqliteStore(Store):
         return f"SQLite file {self.path}"
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (and stop listening for wake-ups)."""
+        if self._doorbell is not None:
+            self._doorbell.close()
         self.db.close()
 
     def migrate(self) -> list[str]:
@@ -88,18 +101,22 @@ class SqliteStore(Store):
             return
         if not self._write_lock.acquire(self._busy_timeout):
             raise StoreUnavailable(f"SQLite: {self.path} stayed locked by another process")
+        self._work_became_due = False
         try:
             self.db.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self
                 self.db.conn.execute("COMMIT")
             except BaseException:
+                self._work_became_due = False
                 self.db.rollback()  # also when COMMIT itself failed: never leave one open
                 raise
         except sqlite3.OperationalError as error:  # locked past the timeout, disk I/O
             raise StoreUnavailable(f"SQLite: {error}") from error
         finally:
             self._write_lock.release()
+        if self._work_became_due:
+            self._wake_workers()
 
     def batched(self, work: Callable[[Store], T]) -> T:
         """Run a short write in a transaction shared with other threads' writes."""
@@ -178,6 +195,18 @@ class SqliteStore(Store):
             " VALUES (?, ?, ?, ?, ?)",
             [(job_id, index, now, now, now) for index in range(count)],
         )
+        self._due_now()
+
+    def _due_now(self) -> None:
+        """Work became due: ring the idle workers' doorbells once it is committed."""
+        if self.db.conn.in_transaction:
+            self._work_became_due = True
+        else:
+            self._wake_workers()
+
+    def _wake_workers(self) -> None:
+        self._work_became_due = False
+        ring(self._wake_folder)
 
     def outputs(self, job_ids: Iterable[str]) -> dict[str, list[Row]]:
         """Return each job's outputs by index, for many jobs in one query."""
@@ -270,7 +299,10 @@ class SqliteStore(Store):
             " ON CONFLICT (job_id) DO NOTHING",
             list(notification.values()),
         )
-        return cursor.rowcount == 1
+        if cursor.rowcount != 1:
+            return False
+        self._due_now()
+        return True
 
     def notifications(self, job_ids: Iterable[str]) -> dict[str, Row]:
         """Return the notifications of many jobs, by job id."""
@@ -431,15 +463,20 @@ class SqliteStore(Store):
             )
 
     def wait_for_change(self, timeout: float, stop: Callable[[], bool]) -> bool:
-        """Watch ``PRAGMA data_version``: it moves when another connection commits.
+        """Sleep until work becomes due elsewhere; False at the timeout or when stopped.
 
-        Reading it touches only the shared-memory WAL index, so checking every few
-        milliseconds costs an idle worker next to nothing.
+        A commit that made work due rings this waiter's doorbell (`wakeups`) at
+        once.  Behind it, ``PRAGMA data_version`` (it moves when another connection
+        commits; reading it touches only the shared-memory WAL index) is checked
+        every ``change_check_seconds``, which also covers a lost ring.
         """
+        if self._doorbell is None:
+            self._doorbell = Doorbell(self._wake_folder)
         deadline = time.monotonic() + timeout
         seen = self._data_version()
-        while time.monotonic() < deadline and not stop():
-            time.sleep(CHANGE_CHECK_SECONDS)
+        while (left := deadline - time.monotonic()) > 0 and not stop():
+            if self._doorbell.wait(min(self.change_check_seconds, left)):
+                return True
             if self._data_version() != seen:
                 return True
         return False
