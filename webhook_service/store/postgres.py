@@ -619,7 +619,10 @@ class PostgresStore(Store):
             " fence = fence + 1 WHERE job_id = %(job)s",
             {"now": now, "job": job_id},
         )
-        return result.rowcount == 1
+        if result.rowcount != 1:
+            return False
+        self._wake_workers()
+        return True
 
     # Work claiming (worker) ---------------------------------------------------
 

@@ -379,7 +379,10 @@ class SqliteStore(Store):
                 f"UPDATE notifications SET {columns}, fence = fence + 1 WHERE job_id = ?",
                 [*changes.values(), job_id],
             )
-            return cursor.rowcount == 1
+            if cursor.rowcount != 1:
+                return False
+            self._due_now()
+            return True
 
     # Work claiming (worker) ---------------------------------------------------
 
