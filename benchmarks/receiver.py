@@ -1,6 +1,7 @@
 """Benchmark the callback receiver against a bare Flask endpoint, same gunicorn line.
 
     python benchmarks/receiver.py [--engine sqlite|postgres] [--duration 10] [--repeats 3]
+        [--db-delay-ms 0.5]
 
 Both servers run the Procfile's ``web`` line on loopback (``--config
 python:webhook_service.gunicorn_conf``: its buffering worker, 2 workers x 4 threads,
@@ -12,7 +13,12 @@ range.  Then 16 threads send more events, noting each one answered 204: every on
 those must be in the database.  Exits non-zero if one is missing.
 
 ``--engine postgres`` uses ``TEST_DATABASE_URL`` when set, else a private cluster
-(Debian's ``postgresql`` package) on a free loopback port.
+(Debian's ``postgresql`` package) on a free loopback port.  ``--db-delay-ms 0.5``
+puts that database "elsewhere": the service reaches it through a loopback proxy
+holding every chunk 0.5 ms each way (a 1 ms round trip, as to a managed database
+on another host; 0 measures the proxy alone).  The benchmark's own set-up and
+checks connect directly.  The report names the ``webhook_service`` package the
+service imports (``PYTHONPATH`` before the installed one measures another tree).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import httpx
@@ -38,10 +44,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engines import (  # noqa: E402
+    DelayProxy,
     command_line,
+    delayed,
     load,
     postgres_server,
     query,
+    round_trip_ms,
     spread,
     start_profile,
     summarise_profile,
@@ -115,6 +124,18 @@ def start_gunicorn(target: str, port: int, env: dict[str, str], cwd: Path) -> su
             time.sleep(0.1)
     process.kill()
     sys.exit(f"gunicorn {target} did not start")
+
+
+def imported_package(env: dict[str, str], cwd: Path) -> str:
+    """Where ``webhook_service`` comes from for a child with this interpreter, env and cwd."""
+    return subprocess.run(
+        [sys.executable, "-c", "import webhook_service; print(webhook_service.__file__)"],
+        cwd=cwd,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 def make_jobs(store: Store, count: int) -> None:
@@ -315,7 +336,16 @@ def main() -> None:
         action="store_true",
         help="sample the service's gunicorn processes with py-spy during the first 16-conn run",
     )
+    parser.add_argument(
+        "--db-delay-ms",
+        type=float,
+        metavar="MS",
+        help="with --engine postgres: the service reaches the database through a loopback "
+        "proxy that holds each chunk MS milliseconds each way (0: the proxy, no delay)",
+    )
     args = parser.parse_args()
+    if args.db_delay_ms is not None and (args.engine != "postgres" or args.db_delay_ms < 0):
+        parser.error("--db-delay-ms needs --engine postgres and a delay of 0 or more")
     wrk = ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="receiver-bench-"))
     with postgres_server() if args.engine == "postgres" else nullcontext() as create_pg:
@@ -327,6 +357,22 @@ def main() -> None:
 
 def run(args: argparse.Namespace, wrk: str, work: Path, create_pg: object) -> None:
     db_env, database = open_database(args.engine, work, create_pg)
+    with ExitStack() as stack:
+        proxy = None
+        if args.db_delay_ms is not None:
+            proxy = stack.enter_context(delayed(database, args.db_delay_ms))
+            db_env["DATABASE_URL"] = proxy.url(database)
+        measure(args, wrk, work, db_env, database, proxy)
+
+
+def measure(
+    args: argparse.Namespace,
+    wrk: str,
+    work: Path,
+    db_env: dict[str, str],
+    database: str,
+    proxy: DelayProxy | None,
+) -> None:
     env = {
         **db_env,
         "MEDIA_DIR": str(work / "videos"),
@@ -334,6 +380,15 @@ def run(args: argparse.Namespace, wrk: str, work: Path, create_pg: object) -> No
         "TRUSTED_PROXY_COUNT": "0",
         "LOG_LEVEL": "WARNING",
     }
+    package = imported_package(env, work)
+    link = ""
+    if proxy is not None:
+        link = (
+            f"database through a proxy adding {args.db_delay_ms} ms each way; SELECT 1 round "
+            f"trip at rest {round_trip_ms(database):.3f} ms direct, "
+            f"{round_trip_ms(db_env['DATABASE_URL']):.3f} ms through the proxy"
+        )
+        del proxy.held[:]  # the summary below is of the service's own traffic
     load_before = load()
     ours_port, bare_port = free_port(), free_port()
     ours = start_gunicorn("webhook_service.wsgi:app", ours_port, env, work)
@@ -373,7 +428,11 @@ def run(args: argparse.Namespace, wrk: str, work: Path, create_pg: object) -> No
         f"{WORKERS} workers x {THREADS} threads), wrk {THREADS_WRK} threads, {args.duration}s per "
         f"run, 10% duplicate deliveries; median (min-max) of {args.repeats} runs"
     )
-    print(f"{load_before} before, {load_after} after\n")
+    print(f"{load_before} before, {load_after} after")
+    print(f"service code: {package}")
+    if proxy is not None:
+        print(f"{link}\nduring the runs the proxy held {proxy.summary()}")
+    print()
     print(
         "conns | bare req/s | ours req/s | ratio | bare p50 / p99 ms | ours p50 / p99 ms "
         "| p99 ratio | non-2xx"
