@@ -7,10 +7,11 @@ Both servers run the Procfile's ``web`` line on loopback (``--config
 python:webhook_service.gunicorn_conf``: its buffering worker, 2 workers x 4 threads,
 access log on); the baseline is a bare Flask app answering 204.  wrk (Debian
 package ``wrk``; installed if missing and we are root) sends signed callbacks for
-100 000 known jobs, 10 % of them duplicates, at 16 and 64 connections, alternating
-baseline and service, ``--repeats`` times; the table shows the median and the
-range.  Then 16 threads send more events, noting each one answered 204: every one of
-those must be in the database.  Exits non-zero if one is missing.
+100 000 known jobs, 10 % of them duplicates, at 16 and 64 connections (or
+``--connections``), alternating baseline and service, ``--repeats`` times; the
+table shows the median and the range.  Then 16 threads send more events, noting
+each one answered 204: every one of those must be in the database.  Exits non-zero
+if one is missing.
 
 ``--engine postgres`` uses ``TEST_DATABASE_URL`` when set, else a private cluster
 (Debian's ``postgresql`` package) on a free loopback port.  ``--db-delay-ms 0.5``
@@ -334,7 +335,7 @@ def main() -> None:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="sample the service's gunicorn processes with py-spy during the first 16-conn run",
+        help="sample the service's gunicorn processes with py-spy during the first run",
     )
     parser.add_argument(
         "--db-delay-ms",
@@ -343,7 +344,16 @@ def main() -> None:
         help="with --engine postgres: the service reaches the database through a loopback "
         "proxy that holds each chunk MS milliseconds each way (0: the proxy, no delay)",
     )
+    parser.add_argument(
+        "--connections",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[16, 64],
+        metavar="N,N",
+        help=f"wrk connection counts, each at least {THREADS_WRK} (default 16,64)",
+    )
     args = parser.parse_args()
+    if min(args.connections) < THREADS_WRK:
+        parser.error(f"--connections: wrk needs at least {THREADS_WRK} connections")
     if args.db_delay_ms is not None and (args.engine != "postgres" or args.db_delay_ms < 0):
         parser.error("--db-delay-ms needs --engine postgres and a delay of 0 or more")
     wrk = ensure_wrk()
@@ -394,14 +404,13 @@ def measure(
     ours = start_gunicorn("webhook_service.wsgi:app", ours_port, env, work)
     bare = start_gunicorn("bare_app:app", bare_port, env, ROOT / "benchmarks")
     results: dict[int, dict[str, list[dict]]] = {
-        16: {"bare": [], "ours": []},
-        64: {"bare": [], "ours": []},
+        connections: {"bare": [], "ours": []} for connections in args.connections
     }
     profile: Path | None = None
     try:
         batch = 0
         for _ in range(args.repeats):
-            for connections in (16, 64):
+            for connections in args.connections:
                 script = work / f"events{batch}.lua"
                 write_script(script, args.events, offset=batch * args.events)
                 batch += 1
@@ -458,7 +467,10 @@ def measure(
         f"{acked} unique events answered 204, {missing} of them missing from the database"
     )
     if profile is not None:
-        print(f"\npy-spy, the service's gunicorn processes, 16 connections, {args.duration}s:")
+        print(
+            f"\npy-spy, the service's gunicorn processes, {args.connections[0]} connections, "
+            f"{args.duration}s:"
+        )
         print(summarise_profile(profile))
     print(f"\nreproduce: {command_line()}")
     if missing or failed:
