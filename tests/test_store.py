@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -512,10 +513,14 @@ def test_an_idle_worker_is_woken_by_new_work_committed_elsewhere(new_store):
 
 
 @pytest.mark.sqlite_only
-def test_work_committed_elsewhere_rings_an_idle_sqlite_worker_without_its_poll(tmp_path):
+def test_work_committed_elsewhere_rings_an_idle_sqlite_worker_without_its_poll():
     """With its data_version poll turned down to once an hour, the doorbell alone wakes it;
     a socket left by a dead worker is removed on the way."""
-    path = tmp_path / "db.sqlite3"
+    with tempfile.TemporaryDirectory(prefix="ring-") as short:  # socket paths are short
+        ring_an_idle_worker(Path(short) / "db.sqlite3")
+
+
+def ring_an_idle_worker(path: Path) -> None:
     writer = SqliteStore(path)
     writer.migrate()
     folder = wakeups.folder_for(path)

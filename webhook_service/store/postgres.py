@@ -872,8 +872,9 @@ def _quiet(conn: Connection) -> bool:
     """Answer whether an idle connection has nothing waiting to be read (no round trip)."""
     if conn.closed:
         return False
-    readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    return not readable
+    poller = select.poll()  # not select(): a web process may hold descriptors past 1024
+    poller.register(conn.fileno(), select.POLLIN)
+    return not poller.poll(0)
 
 
 def _split(rows: list[Row], token: str | None, upstream_id: str) -> tuple[Row | None, Row | None]:

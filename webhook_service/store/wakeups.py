@@ -15,10 +15,12 @@ import contextlib
 import os
 import select
 import socket
+import sys
 import threading
+import time
 from pathlib import Path
 
-MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux, 104 on macOS
+MAX_SOCKET_PATH = 107 if sys.platform == "linux" else 103  # sun_path, less its NUL
 
 
 def folder_for(database: Path) -> Path:
@@ -51,7 +53,7 @@ class Doorbell:
     """One waiter's socket: `wait` returns early when someone rings."""
 
     def __init__(self, folder: Path) -> None:
-        self.path = folder / f"{os.getpid()}-{threading.get_ident()}"
+        self.path = folder / f"{os.getpid()}-{threading.get_native_id()}"
         self._socket: socket.socket | None = None
         if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
             return
@@ -74,10 +76,11 @@ class Doorbell:
     def wait(self, timeout: float) -> bool:
         """Sleep up to ``timeout`` seconds; True when woken by a ring."""
         if self._socket is None:
-            select.select([], [], [], timeout)
+            time.sleep(timeout)
             return False
-        readable, _, _ = select.select([self._socket], [], [], timeout)
-        if not readable:
+        poller = select.poll()  # not select(): descriptors may be numbered past 1024
+        poller.register(self._socket, select.POLLIN)
+        if not poller.poll(timeout * 1000):
             return False
         with contextlib.suppress(BlockingIOError):
             while self._socket.recv(64):  # one wake-up, however many rang
