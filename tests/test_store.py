@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -432,6 +433,30 @@ def test_pooled_connections_the_server_closed_while_idle_are_skipped_not_failed(
             assert store.job(f"vj_{n % 4}")["status"] == "pending"
     assert store.count_jobs_by_status() == {"pending": 4}
     store.close()
+
+
+@pytest.mark.sqlite_only  # sets up its own PostgreSQL database
+def test_a_process_holding_over_1024_descriptors_still_writes(pg_app):
+    """gunicorn may hold a thousand client sockets: the idle check must not use select()."""
+    _, url = pg_app
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        if hard != resource.RLIM_INFINITY and hard < 1200:
+            pytest.skip("this machine allows fewer than 1200 open files")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1200, hard))
+    spare = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        store = PostgresStore(url, pool_size=1)
+        with store.transaction():
+            store.insert_job(a_job("vj_1"))
+        with store.transaction():  # a pooled connection, its descriptor past 1024
+            store.update_job("vj_1", {"status": "pending"})
+        assert store.job("vj_1")["status"] == "pending"
+        store.close()
+    finally:
+        for fd in spare:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def backends_of(admin: psycopg.Connection[Any], url: str) -> int:
