@@ -99,6 +99,7 @@ STOP_CHECK_SECONDS = 0.25
 class _Local(threading.local):
     conn: Connection | None = None
     pipeline: psycopg.Pipeline | None = None
+    refused = False  # the server refused a statement in this transaction's pipeline
     depth = 0
     listener: Connection | None = None
 
@@ -207,7 +208,7 @@ class PostgresStore(Store):
             try:
                 cursor = conn.execute(sql, cleaned)
                 if pipeline is not None:
-                    pipeline.sync()  # this answer is read: send what waits with it
+                    self._sync(pipeline)  # this answer is read: send what waits with it
                 return _Result.of(cursor)
             except psycopg.OperationalError as error:
                 raise self._unavailable(error) from error
@@ -308,49 +309,92 @@ class PostgresStore(Store):
 
     @contextmanager
     def transaction(self) -> Iterator[PostgresStore]:
-        """Hold one connection for a block that commits as one; nested: a savepoint."""
+        """Hold one connection for a block that commits as one; nested: a savepoint.
+
+        The block runs in pipeline mode: BEGIN, and the writes whose answers nobody
+        reads (`_send`), travel with the next statement that is read, or with COMMIT.
+        """
         local = self._local
         if local.conn is not None:
             local.depth += 1
             savepoint = f"sp{local.depth}"
-            self._query(f"SAVEPOINT {savepoint}")
+            self._send(f"SAVEPOINT {savepoint}")
             try:
                 yield self
+                self._flush()  # queued writes answer here, so one that failed rolls back too
             except BaseException:
                 if not local.conn.broken:
+                    self._drop_queued()
                     self._query(f"ROLLBACK TO SAVEPOINT {savepoint}")
                     self._query(f"RELEASE SAVEPOINT {savepoint}")
                 raise
             else:
-                self._query(f"RELEASE SAVEPOINT {savepoint}")
+                self._send(f"RELEASE SAVEPOINT {savepoint}")
             finally:
                 local.depth -= 1
             return
         pool = self._pool()
         conn = self._checkout(pool)
-        local.conn, local.depth = conn, 0
+        local.conn, local.depth, local.refused = conn, 0, False
+        reusable = False
         try:
-            try:
-                # Pipeline mode: BEGIN, and the writes whose answers nobody reads (`_send`),
-                # travel with the next statement that is read, or with COMMIT.
-                with conn.pipeline() as pipeline:
-                    local.pipeline = pipeline
-                    conn.execute("BEGIN")
+            with conn.pipeline() as pipeline:
+                local.pipeline = pipeline
+                conn.execute("BEGIN")
+                try:
                     yield self
-                    conn.execute("COMMIT")
-            except BaseException:
-                local.pipeline = None
-                if not conn.broken and conn.info.transaction_status != pq.TransactionStatus.IDLE:
-                    try:
-                        conn.execute("ROLLBACK")
-                    except psycopg.Error:
-                        pass  # the connection died; the server rolled back already
-                raise
+                except psycopg.Error:
+                    self._drop_queued()
+                    raise
+                except BaseException:
+                    reusable = self._drop_queued()
+                    raise
+                conn.execute("COMMIT")
+            reusable = True
         except psycopg.OperationalError as error:  # COMMIT, or a queued write, met it
             raise self._unavailable(error) from error
         finally:
+            if local.refused:
+                reusable = False
             local.conn, local.pipeline = None, None
+            if reusable and conn.info.transaction_status != pq.TransactionStatus.IDLE:
+                try:
+                    conn.execute("ROLLBACK")
+                except psycopg.Error:
+                    reusable = False
+            if not reusable:
+                # Closing rolls back.  After the server refused a statement in a pipeline,
+                # psycopg may count as prepared a statement the server skipped: not reused.
+                conn.close()
             pool.putconn(conn)
+
+    def _flush(self) -> None:
+        """Send what the pipeline holds and read its answers: queued errors are raised here."""
+        if self._local.pipeline is not None:
+            try:
+                self._sync(self._local.pipeline)
+            except psycopg.OperationalError as error:
+                raise self._unavailable(error) from error
+
+    def _drop_queued(self) -> bool:
+        """Send what the pipeline holds; False if it met an error, which is not raised
+        (the block's own error comes first)."""
+        conn, pipeline = self._local.conn, self._local.pipeline
+        if pipeline is None or conn is None or conn.broken:
+            return False
+        try:
+            self._sync(pipeline)
+        except psycopg.Error:
+            return False
+        return True
+
+    def _sync(self, pipeline: psycopg.Pipeline) -> None:
+        """Sync the pipeline, noting when the server refused a statement in it."""
+        try:
+            pipeline.sync()
+        except psycopg.Error:
+            self._local.refused = True
+            raise
 
     def _checkout(self, pool: ConnectionPool[Connection]) -> Connection:
         """Check out a connection; skip connections the server closed while they sat idle.

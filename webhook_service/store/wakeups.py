@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import select
 import socket
+import stat
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -24,17 +25,19 @@ MAX_SOCKET_PATH = 107 if sys.platform == "linux" else 103  # sun_path, less its 
 
 
 def folder_for(database: Path) -> Path:
-    """Where the waiters of one database file bind their sockets."""
-    return database.absolute().with_name(database.name + ".wake")
+    """Where the waiters of one database file bind their sockets (symlinks resolved)."""
+    real = database.resolve()
+    return real.with_name(real.name + ".wake")
 
 
 def ring(folder: Path) -> None:
     """Wake every worker waiting on this folder's database; never raises."""
     try:
         names = os.listdir(folder)
+        sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     except OSError:
-        return  # nobody has ever waited here
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        return  # nobody has ever waited here, or no descriptor to spare
+    with sender:
         sender.setblocking(False)
         for name in names:
             path = os.path.join(folder, name)
@@ -42,29 +45,41 @@ def ring(folder: Path) -> None:
                 sender.sendto(b"!", path)
             except BlockingIOError:
                 pass  # its queue is full: it has been woken already
-            except (ConnectionRefusedError, FileNotFoundError):
-                with contextlib.suppress(OSError):
-                    os.unlink(path)  # its process is gone
+            except ConnectionRefusedError:
+                _remove_socket(path)  # its process is gone
             except OSError:
                 pass
+
+
+def _remove_socket(path: str, inode: int | None = None) -> None:
+    """Remove a socket file (only that one, when ``inode`` is given); never anything else."""
+    with contextlib.suppress(OSError):
+        found = os.lstat(path)
+        if stat.S_ISSOCK(found.st_mode) and inode in (None, found.st_ino):
+            os.unlink(path)
 
 
 class Doorbell:
     """One waiter's socket: `wait` returns early when someone rings."""
 
     def __init__(self, folder: Path) -> None:
-        self.path = folder / f"{os.getpid()}-{threading.get_native_id()}"
+        # Random, not the pid alone: containers sharing the folder may all be pid 1.
+        self.path = folder / f"{os.getpid()}-{secrets.token_hex(6)}"
         self._socket: socket.socket | None = None
+        self._inode: int | None = None
         if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
             return
         try:
-            folder.mkdir(mode=0o700, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)  # left by an earlier process with our pid
+            folder.mkdir(exist_ok=True)  # permissions as the umask gives, like the database
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            listener.bind(os.fspath(self.path))
         except OSError:
             return  # the waiter falls back to its poll
+        try:
+            listener.bind(os.fspath(self.path))
+            self._inode = os.lstat(self.path).st_ino
+        except OSError:
+            listener.close()
+            return
         listener.setblocking(False)
         self._socket = listener
 
@@ -92,5 +107,4 @@ class Doorbell:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
+            _remove_socket(os.fspath(self.path), self._inode)
