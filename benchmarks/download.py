@@ -10,7 +10,9 @@
    rename); ``--media s3`` streams a multipart upload to an S3-compatible server
    (moto's server mode, in its own process on loopback, so the objects it keeps in
    memory are not the worker's).  Reports each round's ratio to curl, the median
-   and range, and the worker's peak RSS.
+   and range, the worker's CPU time (all its threads: with the hashing on a second
+   thread it can exceed the wall time), and its peak RSS next to its RSS before
+   the download started.
 2. Tick: claiming 100 due jobs and 100 due outputs in a database holding 100 000
    finished jobs, against the same in a database of 100 jobs, on ``--engine``.
 
@@ -95,13 +97,25 @@ def child(base_url: str, upstream_id: str, job_number: int, environ: dict[str, s
         store.create_outputs(job_id, 1, now)
     client = ModelGatesClient(base_url, KEY)
     worker = Worker(settings, client, concurrency=1)
+    before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     worker.run_once(now)
     wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     output = store.output(job_id, 0)
     assert output is not None and output["status"] == "downloaded", output
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"wall": wall, "peak_rss_mib": peak_kib / 1024, "bytes": output["bytes"]}))
+    print(
+        json.dumps(
+            {
+                "wall": wall,
+                "cpu": cpu,
+                "start_rss_mib": before.ru_maxrss / 1024,
+                "peak_rss_mib": after.ru_maxrss / 1024,
+                "bytes": output["bytes"],
+            }
+        )
+    )
 
 
 PROFILER = ["py-spy", "record", "--idle", "--rate", "200", "--format", "raw"]
@@ -153,7 +167,7 @@ def download_rounds(
             "sandbox job did not complete",
         )
         url = f"{base}/videos/{job['id']}/content?index=0"
-        curl_times, worker_times, peaks, floors = [], [], [], []
+        curl_times, worker_times, cpu_times, starts, peaks, floors = [], [], [], [], [], []
         for round_ in range(rounds):
             target = work / "curl.out"
             started = time.perf_counter()
@@ -183,15 +197,25 @@ def download_rounds(
             result = json.loads([line for line in output.splitlines() if line[:1] == "{"][-1])
             assert result["bytes"] == size
             worker_times.append(result["wall"])
+            cpu_times.append(result["cpu"])
+            starts.append(result["start_rss_mib"])
             peaks.append(result["peak_rss_mib"])
             shutil.rmtree(child_dir)
     finally:
         sandbox.terminate()
         sandbox.wait(10)
     if profile is not None:  # the profiled round is not counted
-        for series in (curl_times, worker_times, peaks, floors):
-            series.pop()
-    return {"curl": curl_times, "worker": worker_times, "peak_rss_mib": peaks, "bucket": floors}
+        for series in (curl_times, worker_times, cpu_times, starts, peaks, floors):
+            if series:  # no bucket floor on disk
+                series.pop()
+    return {
+        "curl": curl_times,
+        "worker": worker_times,
+        "cpu": cpu_times,
+        "start_rss_mib": starts,
+        "peak_rss_mib": peaks,
+        "bucket": floors,
+    }
 
 
 def tick_cost(finished: int, due: int, store: Store, repeats: int = 20) -> float:
@@ -313,6 +337,7 @@ def main() -> None:
         f"  worker          : {spread(ours, '{:.2f}')} s  (stream + sha256 + {store_step} + record)"
     )
     print(f"  ratio           : {spread(ratios, '{:.2f}')}x curl")
+    print(f"  worker CPU time : {spread(result['cpu'], '{:.2f}')} s  (user + system, all threads)")
     if result["bucket"]:
         bucket = result["bucket"]
         floor_ratios = [w / (c + b) for c, b, w in zip(curl, bucket, ours, strict=True)]
@@ -321,7 +346,10 @@ def main() -> None:
             f"{spread(bucket, '{:.2f}')} s"
         )
         print(f"  ratio to curl + that upload: {spread(floor_ratios, '{:.2f}')}x")
-    print(f"  worker peak RSS : {spread(result['peak_rss_mib'], '{:.1f}')} MiB")
+    print(
+        f"  worker peak RSS : {spread(result['peak_rss_mib'], '{:.1f}')} MiB "
+        f"({spread(result['start_rss_mib'], '{:.1f}')} MiB before the download)"
+    )
     if small is not None and large is not None:
         print(f"\nworker tick on {args.engine}: claim 100 due jobs + 100 due outputs")
         print(f"  among 100 jobs      : {small * 1000:.2f} ms")

@@ -7,6 +7,7 @@ A refusal must raise *and* leave no file behind.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 
@@ -43,7 +44,10 @@ def client_for(upstream: HostileUpstream, timeout: float = 10.0) -> ModelGatesCl
 def download(
     upstream: HostileUpstream, folder: Path, timeout: float = 10.0, keep_going=lambda: True
 ) -> ModelGatesError | DownloadAborted | None:
-    """Fetch output 0 of job-1 as the worker does; return the error, if any."""
+    """Fetch output 0 of job-1 as the worker does; return the error, if any.
+
+    A kept file's recorded size and sha256 must be those of exactly the bytes stored.
+    """
     target = PartialFile(folder / "0.mp4", fence=1)
     with client_for(upstream, timeout) as client:
         try:
@@ -52,6 +56,8 @@ def download(
             target.discard()
             return error
     target.commit()
+    stored = (folder / "0.mp4").read_bytes()
+    assert (target.size, target.sha256) == (len(stored), hashlib.sha256(stored).hexdigest())
     return None
 
 
@@ -120,6 +126,27 @@ def test_a_200_to_a_resume_that_is_cut_again_still_counts_as_progress(hostile_up
     assert download(hostile_upstream, tmp_path) is None
     assert_whole_video(tmp_path)
     assert [r.range for r in hostile_upstream.requests] == [None, "bytes=5000-", "bytes=4000-"]
+
+
+def test_a_large_download_started_over_then_resumed_keeps_exactly_the_file(
+    hostile_upstream, tmp_path
+):
+    # Past WRITEBACK_BYTES, with hashing on its own thread: the restart drops it all.
+    big = hashlib.shake_256(b"big").digest(20 << 20)
+    hostile_upstream.on(
+        "GET",
+        CONTENT,
+        Answer(200, big, cut_after=9 << 20),
+        Answer(200, big, cut_after=17 << 20),  # a 200 to the resume: the file starts over
+        ranged(big),
+    )
+    assert download(hostile_upstream, tmp_path) is None
+    assert (tmp_path / "0.mp4").read_bytes() == big
+    assert [r.range for r in hostile_upstream.requests] == [
+        None,
+        f"bytes={9 << 20}-",
+        f"bytes={17 << 20}-",
+    ]
 
 
 def test_a_length_less_200_is_asked_again_with_a_range_to_learn_the_total(

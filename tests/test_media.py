@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import random
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,7 @@ from webhook_service.media import (
     relative_name,
     send_video,
 )
+from webhook_service.media.handoff import Handoff
 from webhook_service.media.s3 import PART_SIZE, S3Media, parse_url
 
 JOB = "vj_0123456789abcdef01234567"
@@ -352,3 +356,79 @@ def test_the_server_can_run_in_its_own_process() -> None:
         assert read_back(storage) == b"bytes in another process"
     with pytest.raises(MediaUnavailable):
         storage.check()
+
+
+# Work handed to a second thread -------------------------------------------------------
+
+
+def test_a_handoff_runs_its_tasks_in_order_and_waits_for_them() -> None:
+    done: list[int] = []
+    handoff = Handoff("test", backlog=2)
+    for n in range(50):
+        handoff.submit(functools.partial(done.append, n))
+    handoff.wait()
+    assert done == list(range(50))
+
+
+def test_a_handoff_holds_no_more_than_its_backlog() -> None:
+    gate, started = threading.Event(), threading.Event()
+    handoff = Handoff("test", backlog=1)
+    handoff.submit(lambda: (started.set(), gate.wait(10)))
+    assert started.wait(10)
+    handoff.submit(lambda: None)  # the backlog is full now
+    third = threading.Thread(target=handoff.submit, args=(lambda: None,))
+    third.start()
+    third.join(0.2)
+    assert third.is_alive()  # it waits for room
+    gate.set()
+    third.join(10)
+    assert not third.is_alive()
+    handoff.wait()
+
+
+def test_a_task_error_is_raised_to_the_caller_and_what_follows_is_dropped() -> None:
+    done: list[int] = []
+    gate = threading.Event()
+    handoff = Handoff("test", backlog=3)
+
+    def fail() -> None:
+        gate.wait(10)
+        raise OSError(28, "No space left on device")
+
+    handoff.submit(fail)
+    handoff.submit(functools.partial(done.append, 1))
+    gate.set()
+    with pytest.raises(OSError, match="No space"):
+        handoff.wait()
+    with pytest.raises(OSError, match="No space"):
+        handoff.submit(functools.partial(done.append, 2))
+    assert done == []
+    handoff.cancel()  # forgets the error
+    handoff.submit(functools.partial(done.append, 3))
+    handoff.wait()
+    assert done == [3]
+
+
+def test_a_handoff_left_idle_ends_its_thread() -> None:
+    handoff = Handoff("idle-handoff-under-test")
+    handoff.submit(lambda: None)
+    handoff.wait()
+    deadline = time.monotonic() + 10
+    while any(t.name == handoff.name for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the idle thread did not end"
+        time.sleep(0.05)
+    handoff.submit(lambda: None)  # and a new one starts when work comes again
+    handoff.wait()
+
+
+def test_a_part_the_bucket_refuses_is_an_os_error_from_a_later_write(s3_server: S3Server) -> None:
+    bucket = s3_server.create_bucket()
+    storage = open_media(media_storage=f"s3://{bucket}", environ=s3_server.environ())
+    target = storage.open_partial(JOB, 0, fence=1)
+    target.write(payload(PART_SIZE))  # part 1 is sent from the second thread
+    storage.remove_stale(JOB, 0)  # the upload is aborted under it
+    with pytest.raises(OSError, match="upload a part"):
+        for seed in range(2, 5):  # part 2 is refused; handing over part 3 raises that
+            target.write(payload(PART_SIZE, seed=seed))
+    target.discard()
+    assert s3_server.objects(bucket) == [] and s3_server.uploads(bucket) == []

@@ -58,7 +58,7 @@ class PartialObject(ABC):
 
     @abstractmethod
     def write(self, chunk: bytes) -> None:
-        """Append bytes, hashing them on the way."""
+        """Append bytes, hashing them on the way (another thread may read ``chunk`` later)."""
 
     @abstractmethod
     def restart(self) -> None:

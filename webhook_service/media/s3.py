@@ -10,9 +10,10 @@ that is not AWS.  With an endpoint set, requests use path-style addressing
 only sent when an operation requires them: many S3-compatible stores reject the CRC
 headers recent SDKs add by default.
 
-A download streams into a multipart upload, 8 MiB parts, with at most one part held
-in memory, hashed with SHA-256 on the way (S3 has no whole-object SHA-256 of its
-own for multipart objects).  The object exists under its key only once
+A download streams into a multipart upload, 8 MiB parts, one sent from a second
+thread while the next one arrives (two parts in memory at most), hashed with
+SHA-256 on the way (S3 has no whole-object SHA-256 of its own for multipart
+objects).  The object exists under its key only once
 ``CompleteMultipartUpload`` (or, below one part, a single ``PutObject``) succeeds: a
 reader never sees half a video.
 
@@ -53,6 +54,7 @@ from botocore.exceptions import (
 )
 
 from .base import MediaMissing, MediaStorage, MediaUnavailable, PartialObject, Served, relative_name
+from .handoff import Handoff
 
 log = logging.getLogger(__name__)
 
@@ -281,21 +283,27 @@ class PartBody(io.RawIOBase):
 
 
 class S3Partial(PartialObject):
-    """An output streaming into a multipart upload, at most one part in memory.
+    """An output streaming into a multipart upload, at most two parts in memory.
 
-    Bytes are copied once, into a fixed part-sized buffer, and sent from there.  The
-    upload starts only once a whole part is buffered: an output smaller than one
-    part is sent with a single ``PutObject`` at commit.
+    Bytes are hashed and copied once, into a part-sized buffer, and sent from there.
+    A full part is sent from a second thread (`Handoff`) while the next one fills
+    the other buffer; a part is handed over only once the one before it is stored,
+    so one part at most is in flight and receiving stops only when the bucket is the
+    slower of the two.  The upload starts when the first part is full (from the
+    caller's thread, so it is listed at once): an output smaller than one part is
+    sent with a single ``PutObject`` at commit.
     """
 
     def __init__(self, media: S3Media, key: str, fence: int) -> None:
         self.media = media
         self.key = key
         self.fence = int(fence)
-        self._buffer: bytearray | None = None
+        self._buffer: bytearray | None = None  # the part being filled
         self._filled = 0
+        self._in_flight: bytearray | None = None  # the part handed to the sending thread
+        self._sending = Handoff(f"upload {key}")
         self._upload_id: str | None = None
-        self._parts: list[dict[str, Any]] = []
+        self._parts: list[dict[str, Any]] = []  # appended by the sending thread
         self._hash = hashlib.sha256()
         self.size = 0
 
@@ -315,35 +323,40 @@ class S3Partial(PartialObject):
             self._filled += taken
             view = view[taken:]
             if self._filled == PART_SIZE:
-                self._send_part()
+                self._hand_over()
 
     def _body(self) -> PartBody:
         buffer = self._buffer if self._buffer is not None else bytearray()
         return PartBody(memoryview(buffer)[: self._filled])
 
-    def _send_part(self) -> None:
-        client, bucket = self.media.client, self.media.bucket
+    def _hand_over(self) -> None:
+        """Send the buffered part from the sending thread and free the buffer to fill."""
+        self._sending.wait()  # the part before is stored (or its error raised here)
         if self._upload_id is None:
             with self.media.errors("start an upload"):
-                answer = client.create_multipart_upload(
-                    Bucket=bucket,
+                answer = self.media.client.create_multipart_upload(
+                    Bucket=self.media.bucket,
                     Key=self.key,
                     ContentType=CONTENT_TYPE,
                     Metadata={"fence": str(self.fence)},
                 )
             self._upload_id = str(answer["UploadId"])
-        number = len(self._parts) + 1
+        upload_id, number, body = self._upload_id, len(self._parts) + 1, self._body()
+        self._sending.submit(lambda: self._send_part(upload_id, number, body))
+        # The buffer whose part was stored is filled next.
+        self._buffer, self._in_flight, self._filled = self._in_flight, self._buffer, 0
+
+    def _send_part(self, upload_id: str, number: int, body: PartBody) -> None:
         with self.media.errors("upload a part"):
-            answer = client.upload_part(
-                Bucket=bucket,
+            answer = self.media.client.upload_part(
+                Bucket=self.media.bucket,
                 Key=self.key,
-                UploadId=self._upload_id,
+                UploadId=upload_id,
                 PartNumber=number,
-                Body=self._body(),
-                ContentLength=self._filled,
+                Body=body,
+                ContentLength=len(body),
             )
         self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
-        self._filled = 0
 
     def restart(self) -> None:
         self._drop()
@@ -364,7 +377,8 @@ class S3Partial(PartialObject):
                 )
         else:
             if self._filled:
-                self._send_part()
+                self._hand_over()
+            self._sending.wait()
             with self.media.errors("complete the upload"):
                 client.complete_multipart_upload(
                     Bucket=bucket,
@@ -372,7 +386,8 @@ class S3Partial(PartialObject):
                     UploadId=self._upload_id,
                     MultipartUpload={"Parts": self._parts},
                 )
-        self._buffer, self._filled = None, 0
+        self._buffer = self._in_flight = None
+        self._filled = 0
         self._upload_id, self._parts = None, []
 
     def discard(self) -> None:
@@ -383,7 +398,9 @@ class S3Partial(PartialObject):
             log.warning("cannot abort the upload of %s: %s", self.key, error)
 
     def _drop(self) -> None:
-        self._buffer, self._filled = None, 0
+        self._sending.cancel()  # the part in flight ends before its upload is aborted
+        self._buffer = self._in_flight = None
+        self._filled = 0
         upload_id, self._upload_id, self._parts = self._upload_id, None, []
         if upload_id is not None:
             self.media.abort(self.key, upload_id)
