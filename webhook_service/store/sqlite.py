@@ -108,7 +108,6 @@ class SqliteStore(Store):
                 yield self
                 self.db.conn.execute("COMMIT")
             except BaseException:
-                self._work_became_due = False
                 self.db.rollback()  # also when COMMIT itself failed: never leave one open
                 raise
         except sqlite3.OperationalError as error:  # locked past the timeout, disk I/O
