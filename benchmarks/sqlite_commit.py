@@ -79,11 +79,11 @@ class Holds:
             holds.wall.append(time.perf_counter() - wall)
             holds.cpu.append(time.thread_time() - cpu)
 
-        WriteLock.acquire, WriteLock.release = acquire, release  # type: ignore[method-assign]
+        WriteLock.acquire, WriteLock.release = acquire, release  # type: ignore[method-assign,assignment]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        WriteLock.acquire, WriteLock.release = self._acquire, self._release  # type: ignore[method-assign]
+        WriteLock.acquire, WriteLock.release = self._acquire, self._release  # type: ignore[method-assign,assignment]
 
 
 def busy(stop: threading.Event, blocks: bool) -> None:
