@@ -22,7 +22,6 @@ from typing import Any
 
 from flask import Flask, Response, request
 from gunicorn.glogging import Logger as BaseGunicornLogger
-from gunicorn.glogging import SafeAtoms
 
 CALLBACK_PREFIX = "/webhooks/modelgates/"
 CALLBACK_PATH = re.compile(r"(/webhooks/modelgates/)[^\s/?#\"'&]+")
@@ -127,19 +126,16 @@ def _log_refused_callback(response: Response) -> Response:
     return response
 
 
-class _RedactedAtoms(SafeAtoms):
-    """gunicorn's access-log atoms, each redacted as the log format reads it.
-
-    Only the handful of atoms the format names are read, so redacting on read
-    costs a few substring tests a request instead of one per header and variable.
-    """
-
-    def __getitem__(self, key: str) -> Any:
-        value = super().__getitem__(key)
-        return redact(value) if isinstance(value, str) else value
-
-
 class GunicornLogger(BaseGunicornLogger):
     """gunicorn's logger, with callback tokens redacted from every access-log field."""
 
-    atoms_wrapper_class = _RedactedAtoms
+    def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
+        """The access-log atoms (``%(r)s``, ``%(U)s`` …) with tokens redacted.
+
+        Every atom, not only those the format reads: the dict is also the log
+        record's ``args``, which a handler may print whole.
+        """
+        found: dict[str, Any] = super().atoms(resp, req, environ, request_time)
+        return {
+            key: redact(value) if isinstance(value, str) else value for key, value in found.items()
+        }
