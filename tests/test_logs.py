@@ -137,6 +137,53 @@ def test_gunicorn_access_log_redacts_the_callback_token(tmp_path_factory, token,
     assert token not in repr([record.args for record in records])
 
 
+@st.composite
+def callback_paths(draw: st.DrawFn, token: str) -> str:
+    """The callback path as a client might spell it: the router decodes all of these."""
+    spelled = []
+    for char in "/webhooks/modelgates/":
+        if char == "/":
+            slashes = draw(st.lists(st.sampled_from(["/", "%2F", "%2f"]), min_size=1, max_size=3))
+            spelled.append("".join(slashes))
+        elif draw(st.booleans()):
+            code = f"%{ord(char):02x}"
+            spelled.append(code.upper() if draw(st.booleans()) else code)
+        else:
+            spelled.append(char.upper() if draw(st.booleans()) else char)
+    return "".join(spelled) + token
+
+
+@settings(max_examples=200)
+@given(data=st.data(), token=TOKENS)
+def test_redact_finds_the_token_however_the_path_is_spelled(data, token):
+    path = data.draw(callback_paths(token))
+    line = f"POST {path}?x=1 HTTP/1.1"
+    assert token not in logs.redact(line)
+    assert logs.redact(line).endswith("/webhooks/modelgates/…?x=1 HTTP/1.1")
+
+
+def test_gunicorn_error_log_redacts_the_callback_token(tmp_path):
+    token = "Hq7ZkP2mW7xV4nB9rL3sJ6yT"
+    path = tmp_path / "error.log"
+    config = Config()
+    config.set("errorlog", str(path))
+    logger = logs.GunicornLogger(config)
+    try:
+        logger.error("Error handling request %s %s", "POST", f"/webhooks/modelgates/{token}")
+        try:
+            raise ValueError(f"bad /webhooks/modelgates%2F{token}")
+        except ValueError:
+            logger.exception("Error handling request /webhooks/modelgates/%s", token)
+    finally:
+        for handler in list(logger.error_log.handlers):
+            logger.error_log.removeHandler(handler)
+            handler.close()
+    text = path.read_text()
+    assert text.count("Error handling request") == 2
+    assert "ValueError: bad /webhooks/modelgates/…" in text
+    assert token not in text
+
+
 def test_a_refused_callback_logs_one_line_with_its_reason_and_no_token(hooks, caplog):
     token = "Tq8ZkP2mW7xV4nB9rL3sJ6yH"
     caplog.set_level(logging.INFO)

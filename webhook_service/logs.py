@@ -7,8 +7,10 @@ that index logs.  httpx and httpcore log every request at INFO; they are kept at
 WARNING unless ``LOG_LEVEL=DEBUG``.
 
 A per-job callback token is a credential (it ties a callback to a job), so every
-line any of our handlers writes, and gunicorn's access log through `GunicornLogger`,
-has ``/webhooks/modelgates/<token>`` rewritten to ``/webhooks/modelgates/…``.
+line any of our handlers writes, and gunicorn's access and error logs through
+`GunicornLogger`, has ``/webhooks/modelgates/<token>`` rewritten to
+``/webhooks/modelgates/…``, however the path is spelled (percent-encoded characters,
+repeated slashes, any case).
 """
 
 from __future__ import annotations
@@ -24,7 +26,19 @@ from flask import Flask, Response, request
 from gunicorn.glogging import Logger as BaseGunicornLogger
 
 CALLBACK_PREFIX = "/webhooks/modelgates/"
-CALLBACK_PATH = re.compile(r"(/webhooks/modelgates/)[^\s/?#\"'&]+")
+
+
+def _any_spelling(path: str) -> str:
+    """A pattern for ``path`` however a client spells it: any character percent-encoded,
+    slashes repeated or encoded.  The router decodes all of these to the callback route."""
+    parts = []
+    for char in path:
+        encoded = f"%{ord(char):02x}"
+        parts.append("(?:/|%2f)+" if char == "/" else f"(?:{re.escape(char)}|{encoded})")
+    return "".join(parts)
+
+
+CALLBACK_PATH = re.compile(_any_spelling(CALLBACK_PREFIX) + r"[^\s/?#\"'&]+", re.IGNORECASE)
 NOISY = ("httpx", "httpcore")
 MAX_REASON = 300
 # LogRecord's own attributes; anything else on a record came through ``extra``.
@@ -37,9 +51,9 @@ STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
 
 def redact(text: str) -> str:
     """Replace every callback token in ``text`` with an ellipsis."""
-    if CALLBACK_PREFIX not in text:  # most text; a substring test costs far less than the regex
-        return text
-    return CALLBACK_PATH.sub(r"\1…", text)
+    if "%" not in text and "modelgates" not in text.lower():
+        return text  # most text: these tests cost far less than the regex
+    return CALLBACK_PATH.sub(CALLBACK_PREFIX + "…", text)
 
 
 def _one_line(text: str) -> str:
@@ -126,8 +140,25 @@ def _log_refused_callback(response: Response) -> Response:
     return response
 
 
+class _Redacting(logging.Filter):
+    """Redact a record's message (arguments and traceback included) before any handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
 class GunicornLogger(BaseGunicornLogger):
-    """gunicorn's logger, with callback tokens redacted from every access-log field."""
+    """gunicorn's logger, with callback tokens redacted from its error log and from every
+    access-log field (gunicorn logs a failed request's URI on its error log)."""
+
+    def setup(self, cfg: Any) -> None:
+        """Set gunicorn's handlers up, then redact the error log's records."""
+        super().setup(cfg)
+        if not any(isinstance(each, _Redacting) for each in self.error_log.filters):
+            self.error_log.addFilter(_Redacting())
 
     def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
         """The access-log atoms (``%(r)s``, ``%(U)s`` …) with tokens redacted.
