@@ -19,7 +19,9 @@ own CPU, in three settings, the first being the baseline:
 The sqlite3 module lets go of the GIL for every statement and for COMMIT's
 fsync, and has to win it back from the siblings before the next one: the lock is
 held meanwhile.  An ``os.fsync`` of 48 KiB (about what a callback's COMMIT
-writes to the WAL) on the same file system is printed for scale.
+writes to the WAL) on the same file system is printed for scale.  The settings run
+one after another on the same database, the baseline first; a hold is timed from
+just after the lock is taken to just after it is let go.
 """
 
 from __future__ import annotations
