@@ -184,6 +184,12 @@ def test_gunicorn_error_log_redacts_the_callback_token(tmp_path):
     assert token not in text
 
 
+def test_gunicorn_error_log_with_mismatched_arguments_still_does_not_raise(capsys):
+    logger = logs.GunicornLogger(Config())
+    logger.error("Error handling request %s %s", "/webhooks/modelgates/tok")  # one short
+    assert "not enough arguments" in capsys.readouterr().err  # reported by the handler
+
+
 def test_a_refused_callback_logs_one_line_with_its_reason_and_no_token(hooks, caplog):
     token = "Tq8ZkP2mW7xV4nB9rL3sJ6yH"
     caplog.set_level(logging.INFO)
