@@ -162,6 +162,17 @@ def test_redact_finds_the_token_however_the_path_is_spelled(data, token):
     assert logs.redact(line).endswith("/webhooks/modelgates/…?x=1 HTTP/1.1")
 
 
+@pytest.mark.parametrize(
+    "run", ["/", "%2f", "%2F", "/%2F", "//webhooks//modelgate", "%2fwebhooks%2f"], ids=repr
+)
+def test_redact_takes_linear_time_on_long_runs_of_slashes(run):
+    # Quadratic matching would take hours here: the suite's per-test timeout fails it.
+    text = run * (600_000 // len(run))
+    assert logs.redact(text) == text
+    redacted = logs.redact(f"{text} /webhooks/modelgates/Tq8ZkP2mW7xV4nB9")
+    assert redacted == f"{text} /webhooks/modelgates/…"
+
+
 def test_gunicorn_error_log_redacts_the_callback_token(tmp_path):
     token = "Hq7ZkP2mW7xV4nB9rL3sJ6yT"
     path = tmp_path / "error.log"

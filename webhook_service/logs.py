@@ -30,11 +30,15 @@ CALLBACK_PREFIX = "/webhooks/modelgates/"
 
 def _any_spelling(path: str) -> str:
     """A pattern for ``path`` however a client spells it: any character percent-encoded,
-    slashes repeated or encoded.  The router decodes all of these to the callback route."""
-    parts = []
+    slashes repeated or encoded.  The router decodes all of these to the callback route.
+
+    A match starts only where no slash precedes: otherwise a long run of slashes would
+    be tried from each of its positions, quadratic time on a hostile request line.
+    """
+    parts = ["(?<!/)(?<!%2f)"]
     for char in path:
         encoded = f"%{ord(char):02x}"
-        parts.append("(?:/|%2f)+" if char == "/" else f"(?:{re.escape(char)}|{encoded})")
+        parts.append("(?:/|%2f)++" if char == "/" else f"(?:{re.escape(char)}|{encoded})")
     return "".join(parts)
 
 
