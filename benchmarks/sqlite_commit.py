@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import socket
 import statistics
 import sys
@@ -124,57 +123,64 @@ def fsync_ms(folder: Path, rounds: int = 200) -> float:
     return statistics.median(times) * 1000
 
 
+def with_siblings(
+    store: SqliteStore, first: int, count: int, siblings: int, blocks: bool, switch: float
+) -> tuple[list[float], list[float]]:
+    """`run` while ``siblings`` `busy` threads share the GIL at switch interval ``switch``."""
+    default_switch = sys.getswitchinterval()
+    stop = threading.Event()
+    threads = [threading.Thread(target=busy, args=(stop, blocks)) for _ in range(siblings)]
+    sys.setswitchinterval(switch)
+    for thread in threads:
+        thread.start()
+    try:
+        return run(store, first, count)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        sys.setswitchinterval(default_switch)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--callbacks", type=int, default=2000, help="callbacks per setting")
     parser.add_argument("--siblings", type=int, default=3, help="busy threads beside the writer")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="sqlite-commit-"))
-    try:
+    count, siblings, switch = args.callbacks, args.siblings, sys.getswitchinterval()
+    settings = (
+        ("alone (baseline)", 0, True, switch),
+        (f"{siblings} request-like siblings", siblings, True, switch),
+        (f"{siblings} never-blocking siblings", siblings, False, switch),
+        (f"{siblings} never-blocking, switch 0.5 ms", siblings, False, 0.0005),
+    )
+    with tempfile.TemporaryDirectory(prefix="sqlite-commit-") as folder:
+        work = Path(folder)
         store = SqliteStore(work / "bench.sqlite3")
         store.migrate()
         make_jobs(store, 100_000)
         before = load()
-        rows = []
-        default_switch = sys.getswitchinterval()
-        settings = (
-            ("alone (baseline)", 0, True, default_switch),
-            (f"{args.siblings} request-like siblings", args.siblings, True, default_switch),
-            (f"{args.siblings} never-blocking siblings", args.siblings, False, default_switch),
-            (f"{args.siblings} never-blocking, switch 0.5 ms", args.siblings, False, 0.0005),
-        )
-        for number, (name, siblings, blocks, switch) in enumerate(settings):
-            stop = threading.Event()
-            threads = [threading.Thread(target=busy, args=(stop, blocks)) for _ in range(siblings)]
-            sys.setswitchinterval(switch)
-            for thread in threads:
-                thread.start()
-            try:
-                wall, cpu = run(store, number * args.callbacks, args.callbacks)
-            finally:
-                stop.set()
-                for thread in threads:
-                    thread.join()
-                sys.setswitchinterval(default_switch)
-            rows.append((name, wall, cpu))
+        rows = [
+            (name, *with_siblings(store, number * count, count, *setting))
+            for number, (name, *setting) in enumerate(settings)
+        ]
         store.close()
+        fsync = fsync_ms(work)
+    print(
+        f"\nwrite-lock hold per callback (events.receive, SQLite, synchronous=FULL), "
+        f"{count} callbacks per setting"
+    )
+    print(f"{before} before, {load()} after")
+    print(f"fsync of 48 KiB on this file system: median {fsync:.3f} ms\n")
+    print("setting | hold p50 / p90 ms | thread CPU p50 ms | hold vs alone (p50)")
+    base = statistics.median(rows[0][1])
+    for name, wall, cpu in rows:
+        p50 = statistics.median(wall)
         print(
-            f"\nwrite-lock hold per callback (events.receive, SQLite, synchronous=FULL), "
-            f"{args.callbacks} callbacks per setting"
+            f"{name} | {p50 * 1000:.3f} / {percentile(wall, 0.9) * 1000:.3f} | "
+            f"{statistics.median(cpu) * 1000:.3f} | {p50 / base:.1f}x"
         )
-        print(f"{before} before, {load()} after")
-        print(f"fsync of 48 KiB on this file system: median {fsync_ms(work):.3f} ms\n")
-        print("setting | hold p50 / p90 ms | thread CPU p50 ms | hold vs alone (p50)")
-        base = statistics.median(rows[0][1])
-        for name, wall, cpu in rows:
-            p50 = statistics.median(wall)
-            print(
-                f"{name} | {p50 * 1000:.3f} / {percentile(wall, 0.9) * 1000:.3f} | "
-                f"{statistics.median(cpu) * 1000:.3f} | {p50 / base:.1f}x"
-            )
-        print(f"\nreproduce: {command_line()}")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    print(f"\nreproduce: {command_line()}")
 
 
 if __name__ == "__main__":
